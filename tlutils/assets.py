@@ -1,0 +1,336 @@
+"""One resolver for every pre-trained model and data set the course uses.
+
+Each asset has an ordered list of sources and the first that works wins:
+
+1. a local mirror folder named by ``$TLLAB_MIRROR`` (CI points it at a shared copy);
+2. a file shipped inside an installed pip package or a Debian package;
+3. the project's own cache under ``data/cache/`` (built once, written atomically);
+4. the canonical online source (torchvision, the Hugging Face Hub, the data set's URL).
+
+When none works, :class:`AssetNotFoundError` names the asset, every source tried
+with the reason it failed, and the one command that fixes it.
+
+Example:
+    >>> from tlutils.assets import resolve
+    >>> resolve("mobilenet_v2").source
+    'package'
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tlutils.io import atomic_dir, is_complete_dir
+
+MIRROR_ENV = "TLLAB_MIRROR"
+CACHE_ENV = "TLLAB_CACHE"
+OFFLINE_ENV = "TLLAB_OFFLINE"
+
+
+class AssetError(RuntimeError):
+    """Base class for asset problems."""
+
+
+class UnknownAssetError(AssetError):
+    """Raised for a name that is not in the registry."""
+
+
+class AssetNotFoundError(AssetError):
+    """Raised when no source of an asset works; the message says how to fix it."""
+
+
+class SourceMiss(Exception):
+    """A single source could not provide the asset (the reason is the message)."""
+
+
+def project_root() -> Path:
+    """Return the folder that holds ``tlutils/``, ``notebooks/`` and ``data/``."""
+    return Path(__file__).resolve().parents[1]
+
+
+def cache_dir() -> Path:
+    """Return the project's cache folder (``$TLLAB_CACHE`` or ``data/cache``)."""
+    return Path(os.environ.get(CACHE_ENV) or project_root() / "data" / "cache")
+
+
+def is_offline() -> bool:
+    """True when online sources must not be tried (``TLLAB_OFFLINE=1``)."""
+    return os.environ.get(OFFLINE_ENV, "").lower() in {"1", "true", "yes"}
+
+
+@lru_cache(maxsize=None)
+def _host_reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where an asset was found.
+
+    Attributes:
+        name: Asset name.
+        source: One of ``mirror``, ``package``, ``debian``, ``cache``, ``online``.
+        location: A filesystem path, or for hub models the hub id.
+    """
+
+    name: str
+    source: str
+    location: str
+
+    @property
+    def path(self) -> Path:
+        """The location as a :class:`~pathlib.Path` (for local sources)."""
+        return Path(self.location)
+
+
+class Source:
+    """One place an asset may come from. Subclasses implement :meth:`locate`."""
+
+    kind = "source"
+
+    def locate(self, asset: "Asset", build: bool) -> str:
+        """Return the asset's location or raise :class:`SourceMiss` with the reason."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line naming this source for listings and error messages."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Mirror(Source):
+    """A path inside the mirror folder named by ``$TLLAB_MIRROR``."""
+
+    relpath: str
+    kind = "mirror"
+
+    def locate(self, asset: "Asset", build: bool) -> str:
+        root = os.environ.get(MIRROR_ENV)
+        if not root:
+            raise SourceMiss(f"${MIRROR_ENV} is not set")
+        path = Path(root) / self.relpath
+        if not path.exists():
+            raise SourceMiss(f"{path} does not exist")
+        return str(path)
+
+    def describe(self) -> str:
+        return f"mirror ${MIRROR_ENV}/{self.relpath}"
+
+
+@dataclass(frozen=True)
+class Package(Source):
+    """A file inside an installed pip distribution, found without importing it."""
+
+    distribution: str
+    relpath: str
+    kind = "package"
+
+    def locate(self, asset: "Asset", build: bool) -> str:
+        try:
+            dist = importlib.metadata.distribution(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            raise SourceMiss(f"pip package {self.distribution} is not installed") from None
+        path = Path(dist.locate_file(self.relpath))
+        if not path.exists():
+            raise SourceMiss(f"{self.distribution} is installed but has no {self.relpath}")
+        return str(path)
+
+    def describe(self) -> str:
+        return f"pip {self.distribution}: {self.relpath}"
+
+
+@dataclass(frozen=True)
+class Debian(Source):
+    """A path installed by a Debian package."""
+
+    path: str
+    package: str
+    kind = "debian"
+
+    def locate(self, asset: "Asset", build: bool) -> str:
+        if not Path(self.path).exists():
+            raise SourceMiss(f"{self.path} is missing (Debian package {self.package})")
+        return self.path
+
+    def describe(self) -> str:
+        return f"debian {self.package}: {self.path}"
+
+
+Builder = Callable[[Path, dict], None]
+
+
+@dataclass(frozen=True)
+class Cache(Source):
+    """A folder under the project cache, built once from other assets.
+
+    Args:
+        builder: ``builder(out_dir, inputs)`` writes the asset into ``out_dir``;
+            ``inputs`` maps each name in ``needs`` to its resolved path.
+        needs: Asset names the builder reads (for example a raw package file).
+    """
+
+    builder: Builder | None = None
+    needs: tuple[str, ...] = ()
+    kind = "cache"
+
+    def folder(self, asset: "Asset") -> Path:
+        return cache_dir() / asset.name
+
+    def locate(self, asset: "Asset", build: bool) -> str:
+        folder = self.folder(asset)
+        if is_complete_dir(folder):
+            return str(folder)
+        state = "is incomplete (an interrupted run?)" if folder.exists() else "is not built yet"
+        if self.builder is None:
+            raise SourceMiss(f"{folder} {state}")
+        if not build:
+            raise SourceMiss(f"{folder} {state}; `python -m tlutils prepare` builds it")
+        try:
+            inputs = {need: resolve(need).path for need in self.needs}
+        except AssetNotFoundError as error:
+            raise SourceMiss(f"{folder} {state} and cannot be built: {error}") from None
+        with atomic_dir(folder) as tmp:
+            self.builder(tmp, inputs)
+        return str(folder)
+
+    def describe(self) -> str:
+        made = f" (built from {', '.join(self.needs)})" if self.needs else ""
+        return f"cache data/cache/<name>{made}"
+
+
+@dataclass(frozen=True)
+class Online(Source):
+    """The canonical online source.
+
+    Either ``hub_id`` (a Hugging Face Hub or torchvision name that the loader
+    downloads itself) or ``fetch`` (``fetch(out_dir)`` downloads into the cache).
+    """
+
+    url: str
+    hub_id: str | None = None
+    fetch: Callable[[Path], None] | None = None
+    kind = "online"
+
+    def locate(self, asset: "Asset", build: bool) -> str:
+        if is_offline():
+            raise SourceMiss(f"offline mode (${OFFLINE_ENV}=1): {self.url} not tried")
+        host = urllib.parse.urlparse(self.url).hostname or ""
+        if not _host_reachable(host):
+            raise SourceMiss(f"no network: {host} is unreachable")
+        if self.hub_id is not None:
+            return self.hub_id
+        if not build:
+            raise SourceMiss(f"reachable, downloads {self.url} on first use")
+        folder = cache_dir() / asset.name
+        with atomic_dir(folder) as tmp:
+            self.fetch(tmp)
+        return str(folder)
+
+    def describe(self) -> str:
+        return f"online {self.url}"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A named pre-trained model or data set with its ordered sources."""
+
+    name: str
+    kind: str
+    description: str
+    sources: tuple[Source, ...]
+    fix: str
+    license: str = ""
+    extras: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def offline_capable(self) -> bool:
+        """True when at least one source works without the network."""
+        return any(source.kind != "online" for source in self.sources)
+
+
+_REGISTRY: dict[str, Asset] = {}
+
+
+def register(asset: Asset) -> Asset:
+    """Add an asset to the registry (a name may be registered once)."""
+    if asset.name in _REGISTRY:
+        raise AssetError(f"asset {asset.name!r} is registered twice")
+    _REGISTRY[asset.name] = asset
+    return asset
+
+
+def registry() -> dict[str, Asset]:
+    """Return all registered assets by name (the catalogue is loaded on first use)."""
+    import tlutils.catalog  # noqa: F401  (registers the assets)
+
+    return _REGISTRY
+
+
+def get_asset(name: str) -> Asset:
+    """Return the registered asset, or raise :class:`UnknownAssetError` listing the names."""
+    assets = registry()
+    if name not in assets:
+        known = ", ".join(sorted(assets))
+        raise UnknownAssetError(f"unknown asset {name!r}; known assets: {known}")
+    return assets[name]
+
+
+def resolve(name: str, build: bool = True, sources: Sequence[str] | None = None) -> Resolved:
+    """Find an asset, trying its sources in order.
+
+    Args:
+        name: Registered asset name, for example ``"mobilenet_v2"``.
+        build: Allow cache builds (conversions) and downloads into the cache.
+        sources: Restrict to these source kinds, for example ``("mirror", "package")``.
+
+    Returns:
+        A :class:`Resolved` naming the source and location.
+
+    Raises:
+        UnknownAssetError: ``name`` is not registered.
+        AssetNotFoundError: no source worked; the message lists each reason and the fix.
+    """
+    asset = get_asset(name)
+    reasons = []
+    for source in asset.sources:
+        if sources is not None and source.kind not in sources:
+            continue
+        try:
+            return Resolved(name, source.kind, source.locate(asset, build))
+        except SourceMiss as miss:
+            reasons.append(f"  - {source.describe()}: {miss}")
+    tried = "\n".join(reasons) or "  (no source of the requested kinds)"
+    raise AssetNotFoundError(
+        f"asset {name!r} ({asset.description}) was not found.\nSources tried, in order:\n"
+        f"{tried}\nFix: {asset.fix}"
+    )
+
+
+def status_table(build: bool = False) -> list[dict]:
+    """Resolve every asset without side effects and report where it came from.
+
+    Returns:
+        One row per asset with ``name``, ``kind``, ``source``, ``location`` and
+        ``problem`` (empty when resolved).
+    """
+    rows = []
+    for name, asset in sorted(registry().items(), key=lambda item: (item[1].kind, item[0])):
+        try:
+            found = resolve(name, build=build)
+            rows.append(dict(name=name, kind=asset.kind, source=found.source,
+                             location=found.location, problem=""))
+        except AssetNotFoundError as error:
+            problem = str(error).splitlines()[-1].removeprefix("Fix: ")
+            rows.append(dict(name=name, kind=asset.kind, source="-", location="-", problem=problem))
+    return rows
