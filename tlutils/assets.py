@@ -255,8 +255,10 @@ class Asset:
 
     @property
     def offline_capable(self) -> bool:
-        """True when at least one source works without the network."""
-        return any(source.kind != "online" for source in self.sources)
+        """True when a source can provide it without the network (a cache that only
+        keeps downloads does not count)."""
+        return any(source.kind in {"mirror", "package", "debian"}
+                   or (source.kind == "cache" and source.builder is not None) for source in self.sources)
 
 
 _REGISTRY: dict[str, Asset] = {}

@@ -1,0 +1,56 @@
+"""Cached feature extraction: built once, reused, rebuilt when stale or damaged."""
+
+import pytest
+import torch
+
+from tests.helpers import TinyNet, toy_loader
+from tlutils.features import extract_features, feature_loader
+from tlutils.train import fit
+
+
+class CountingBackbone(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = TinyNet().features
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.body(x)
+
+
+def test_features_are_cached_and_reused(temp_cache):
+    backbone, loader = CountingBackbone(), toy_loader(shuffle=False)
+    features, labels = extract_features(backbone, loader, "toy", fingerprint="tiny|toy", progress=False)
+    calls = backbone.calls
+    again, again_labels = extract_features(backbone, loader, "toy", fingerprint="tiny|toy", progress=False)
+    assert features.shape == (48, 8) and backbone.calls == calls
+    assert torch.equal(features, again) and torch.equal(labels, again_labels)
+
+
+def test_stale_fingerprint_is_rebuilt(temp_cache):
+    backbone, loader = CountingBackbone(), toy_loader(shuffle=False)
+    extract_features(backbone, loader, "toy", fingerprint="v1", progress=False)
+    calls = backbone.calls
+    with pytest.warns(UserWarning, match="other data or another model"):
+        extract_features(backbone, loader, "toy", fingerprint="v2", progress=False)
+    assert backbone.calls == 2 * calls
+
+
+def test_corrupted_cache_is_detected_and_rebuilt(temp_cache):
+    backbone, loader = CountingBackbone(), toy_loader(shuffle=False)
+    features, _ = extract_features(backbone, loader, "toy", fingerprint="v1", progress=False)
+    path = temp_cache / "features" / "toy.safetensors"
+    path.write_bytes(path.read_bytes()[:64])
+    with pytest.warns(UserWarning, match="damaged"):
+        rebuilt, _ = extract_features(backbone, loader, "toy", fingerprint="v1", progress=False)
+    assert torch.equal(features, rebuilt)
+
+
+def test_head_trains_on_cached_features(temp_cache):
+    features, labels = extract_features(TinyNet().features, toy_loader(shuffle=False), None, progress=False)
+    head = torch.nn.Sequential()
+    head.classifier = torch.nn.Linear(features.shape[1], 3)
+    history = fit(head, feature_loader(features, labels, 16, shuffle=True, seed=0), epochs=5, lr=0.05,
+                  seed=0, progress=False)
+    assert history.train_loss[-1] < history.train_loss[0]

@@ -1,0 +1,57 @@
+"""Command line: ``python -m tlutils assets`` and ``python -m tlutils prepare``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from tlutils.assets import AssetNotFoundError, registry, resolve, status_table
+
+
+def print_assets() -> int:
+    """Print every asset with where it resolved from, or why not; return the exit code."""
+    rows = status_table(build=False)
+    width = max(len(row["name"]) for row in rows)
+    missing_offline = 0
+    for row in rows:
+        offline = registry()[row["name"]].offline_capable
+        if not row["problem"]:
+            where = f"{row['source']:<8} {row['location']}"
+        else:
+            where = f"{'MISSING' if offline else 'online':<8} fix: {row['problem']}"
+        print(f"{row['kind']:<8} {row['name']:<{width}}  {where}")
+        missing_offline += bool(row["problem"]) and offline
+    print(f"\n{len(rows) - sum(bool(r['problem']) for r in rows)} of {len(rows)} assets resolved; "
+          f"{missing_offline} offline-capable assets missing")
+    return 1 if missing_offline else 0
+
+
+def prepare(names: list[str] | None = None) -> int:
+    """Resolve (and so convert or download) every offline-capable asset; return the exit code."""
+    failures = 0
+    for name, asset in sorted(registry().items()):
+        if names and name not in names or not names and not asset.offline_capable:
+            continue
+        start = time.perf_counter()
+        try:
+            found = resolve(name, build=True)
+            print(f"ok       {name:<20} {found.source:<8} {time.perf_counter() - start:6.1f} s  {found.location}")
+        except AssetNotFoundError as error:
+            failures += 1
+            print(f"FAILED   {name}\n{error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tlutils", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("assets", help="list every asset and where it resolves from")
+    prep = commands.add_parser("prepare", help="run the one-time conversions into data/cache/")
+    prep.add_argument("names", nargs="*", help="only these assets (default: every offline-capable one)")
+    args = parser.parse_args(argv)
+    return print_assets() if args.command == "assets" else prepare(args.names)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Plots that return a matplotlib figure and never save files as a side effect."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def plot_history(history, metrics: Sequence[str] | None = None, title: str | None = None):
+    """Loss curves (train and validation) plus one panel per validation metric.
+
+    Args:
+        history: A :class:`~tlutils.train.History`.
+        metrics: Metric names without the ``val_`` prefix; default: all recorded.
+    """
+    keys = set().union(*(row.keys() for row in history.epochs)) if history.epochs else set()
+    metrics = metrics or sorted(k[4:] for k in keys if k.startswith("val_") and k != "val_loss")
+    fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.2 * (1 + len(metrics)), 3.2), squeeze=False)
+    epochs = history["epoch"]
+    axes[0, 0].plot(epochs, history["train_loss"], "o-", label="train")
+    if "val_loss" in keys:
+        axes[0, 0].plot(epochs, history["val_loss"], "o-", label="validation")
+    axes[0, 0].set(title="loss", xlabel="epoch")
+    axes[0, 0].legend()
+    for ax, name in zip(axes[0, 1:], metrics):
+        ax.plot(epochs, history[f"val_{name}"], "o-", color="tab:green")
+        ax.set(title=f"validation {name}", xlabel="epoch")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], normalize: bool = True, title: str = ""):
+    """Heat map of a confusion matrix, rows = true class, columns = prediction."""
+    matrix = np.asarray(matrix, dtype=float)
+    if normalize:
+        matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(0.55 * len(class_names) + 2.5, 0.55 * len(class_names) + 2))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.2f}" if normalize else int(value), ha="center", va="center",
+                color="white" if value > matrix.max() / 2 else "black", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 8, size: float = 1.6):
+    """A grid of images (H x W or H x W x 3 arrays) with optional titles."""
+    nrows = int(np.ceil(len(images) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * 1.15), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, image in enumerate(images):
+        ax = axes.ravel()[i]
+        ax.imshow(np.asarray(image), cmap="gray" if np.asarray(image).ndim == 2 else None)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def bar_chart(labels: Sequence[str], values: Sequence[float], ylabel: str, title: str = ""):
+    """Labelled vertical bars, each annotated with its value."""
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(labels) + 1), 3.2))
+    bars = ax.bar(labels, values, color="tab:blue")
+    ax.bar_label(bars, fmt="%.3g", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
