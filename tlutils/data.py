@@ -43,8 +43,8 @@ from tlutils.assets import resolve
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Normalisation of TensorFlow ports such as EfficientNet-Lite: inputs scaled to [-1, 1].
-HALF_MEAN = (0.5, 0.5, 0.5)
-HALF_STD = (0.5, 0.5, 0.5)
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -210,6 +210,7 @@ def _read_idx_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=4)
 def _fashion_arrays(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse one Fashion-MNIST split once per folder (cached, read-only)."""
     images, labels = _read_idx_pair(Path(folder), split)
     return _read_only(images), _read_only(labels)
 
@@ -312,6 +313,7 @@ def _mnist_from_idx(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 @lru_cache(maxsize=2)
 def _mnist_arrays(location: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Parse MNIST once per location: a pickle file or a folder of IDX files."""
     path = Path(location)
     splits = _mnist_from_idx(path) if path.is_dir() else _mnist_from_pickle(path)
     return {name: (_read_only(x), _read_only(y)) for name, (x, y) in splits.items()}
@@ -345,6 +347,7 @@ def load_mnist(split: str = "train") -> ImageData:
 
 @lru_cache(maxsize=2)
 def _digits_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse optdigits ``digits.csv.gz``: 64 pixel columns (0-16) then the label."""
     table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     if table.ndim != 2 or table.shape[1] != 65:
         raise DataFormatError(f"{path}: expected 65 columns (64 pixels + label), got {table.shape}")
@@ -381,6 +384,7 @@ def _to_rgb_array(image: Any) -> np.ndarray:
 
 @lru_cache(maxsize=2)
 def _photo_arrays(folder: str) -> dict[str, np.ndarray]:
+    """Decode every known photo that is on disk (cached, read-only)."""
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
@@ -427,6 +431,7 @@ def load_photos(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
 
 @lru_cache(maxsize=2)
 def _rotten_tomatoes(path: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """Parse the corpus CSV (columns category, text, movie_name, has_plot_and_reviews)."""
     import pandas as pd
 
     table = pd.read_csv(path, usecols=["category", "text"])
@@ -456,6 +461,7 @@ def _clean_tweet(text: str) -> str:
 
 @lru_cache(maxsize=2)
 def _tweets(path: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """Parse the tweet CSV (columns sentiment, confidence, text); return texts, labels, confidence."""
     import pandas as pd
 
     # The file is not UTF-8; latin-1 maps every byte, so reading never fails.
@@ -507,6 +513,7 @@ def _read_article(path: Path) -> str:
 
 @lru_cache(maxsize=2)
 def _bbc_news(folder: str) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
+    """Read ``<topic>/NNN.txt`` files; topics are the subfolders in sorted order."""
     topics = tuple(sorted(p.name for p in Path(folder).iterdir() if p.is_dir()))
     texts, labels = [], []
     for label, topic in enumerate(topics):
@@ -566,7 +573,7 @@ def load_fsdd(split: str = "all") -> "pandas.DataFrame":
 
     Example:
         >>> table = load_fsdd("test")
-        >>> wave = load_audio(table.path[0], sample_rate=16000)
+        >>> wave = load_audio(table["path"][0], sample_rate=16000)
     """
     import pandas as pd
 
@@ -638,7 +645,7 @@ def balanced_subset(labels: Any, n_per_class: int, seed: int) -> np.ndarray:
         raise ValueError(f"n_per_class must be a positive integer, got {n_per_class!r}")
     classes, counts = np.unique(labels, return_counts=True)
     if counts.min() < n_per_class:
-        small = ", ".join(f"{c!r} ({n})" for c, n in zip(classes, counts) if n < n_per_class)
+        small = ", ".join(f"{c.item()!r} ({n})" for c, n in zip(classes, counts) if n < n_per_class)
         raise ValueError(f"n_per_class={n_per_class} but these classes have fewer examples: {small}")
     rng = np.random.default_rng(seed)
     picks = [rng.choice(np.flatnonzero(labels == c), int(n_per_class), replace=False) for c in classes]
@@ -734,10 +741,11 @@ class ToRGBTensor:
                             "convert floats in [0, 1] with (x * 255).round().astype(np.uint8)")
         if image.ndim == 3 and image.shape[2] in (1, 3, 4):
             image = image[:, :, 0] if image.shape[2] == 1 else image[:, :, :3]
+        # np.array copies: PIL arrays and cached arrays are read-only, torch wants writable.
         if image.ndim == 2:
-            return torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0).repeat(3, 1, 1)
+            return torch.from_numpy(np.array(image)).unsqueeze(0).repeat(3, 1, 1)
         if image.ndim == 3:
-            return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            return torch.from_numpy(np.array(image)).permute(2, 0, 1)
         raise ValueError(f"expected an H x W or H x W x 3 image, got shape {image.shape}")
 
 
@@ -809,7 +817,7 @@ class ArrayImageDataset(Dataset):
     def __getitem__(self, index: int):
         """Return ``(image, label)``, or only the image when there are no labels."""
         image = self.images[index]
-        image = self.transform(image) if self.transform is not None else torch.as_tensor(np.asarray(image))
+        image = self.transform(image) if self.transform is not None else torch.tensor(np.asarray(image))
         return image if self.labels is None else (image, int(self.labels[index]))
 
 
