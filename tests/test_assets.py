@@ -31,7 +31,8 @@ def scratch_asset():
 def test_registry_has_every_required_asset():
     names = set(registry())
     assert set(OFFLINE_MODELS + ONLINE_ONLY + DATASETS) <= names
-    assert all(registry()[n].offline_capable for n in OFFLINE_MODELS + DATASETS)
+    # fsdd comes from a mirror folder or a one-time download, never from a package
+    assert all(registry()[n].offline_capable for n in OFFLINE_MODELS + DATASETS if n != "fsdd")
     assert not any(registry()[n].offline_capable for n in ONLINE_ONLY)
 
 

@@ -255,9 +255,12 @@ class Asset:
 
     @property
     def offline_capable(self) -> bool:
-        """True when a source can provide it without the network (a cache that only
-        keeps downloads does not count)."""
-        return any(source.kind in {"mirror", "package", "debian"}
+        """True when an installed package (pip or Debian) or a conversion provides it.
+
+        A mirror folder or a cache that only keeps downloads does not count: they
+        exist on some machines only.
+        """
+        return any(source.kind in {"package", "debian"}
                    or (source.kind == "cache" and source.builder is not None) for source in self.sources)
 
 

@@ -183,3 +183,26 @@ register(Asset(
     (Mirror("fsdd"), Cache(), Online(FSDD_ZIP, fetch=_fsdd_fetch)),
     fix="go online once (it downloads into data/cache), or set $TLLAB_MIRROR to a folder holding fsdd/",
     license="CC BY-SA 4.0"))
+
+# ---------------------------------------------------------------- notebooks 05 and 06 (vision)
+BREASTMNIST_64 = "https://zenodo.org/records/10519652/files/breastmnist_64.npz"
+BREASTMNIST_64_MD5 = "742edef2a1fd1524b2efff4bd7ba9364"  # as published in MedMNIST's INFO table
+
+
+def _breastmnist_fetch(out_dir: Path) -> None:
+    import hashlib
+
+    dest = download(BREASTMNIST_64 + "?download=1", out_dir / "breastmnist_64.npz")
+    if hashlib.md5(dest.read_bytes()).hexdigest() != BREASTMNIST_64_MD5:
+        raise ValueError(f"{BREASTMNIST_64}: md5 mismatch (expected {BREASTMNIST_64_MD5}); download discarded")
+
+
+register(Asset(
+    "trees_aerial", "dataset", "NEON aerial RGB tiles with hand-drawn tree-crown boxes (4 tiles, about 950 boxes)",
+    (Mirror("trees_aerial"), Package("deepforest", "deepforest/data")),
+    fix="pip install --no-deps deepforest==2.1.0  (only its data files are read; it is never imported)",
+    license="MIT"))
+register(Asset(
+    "breastmnist", "dataset", "BreastMNIST (MedMNIST v2): 780 breast ultrasound images, 64 px, malignant vs normal/benign",
+    (Mirror("breastmnist"), Cache(), Online(BREASTMNIST_64, fetch=_breastmnist_fetch)),
+    fix=ONLINE_ONLY, license="CC BY 4.0"))

@@ -32,9 +32,9 @@ import json
 import re
 import shutil
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -435,7 +435,7 @@ def _whisper_generation_config(config, tokenizer, ct2_config: dict):
     from transformers import GenerationConfig
 
     ids = tokenizer.convert_tokens_to_ids
-    # OpenAI's rule: the multilingual vocabulary has one more token (<|translate|>-era layout).
+    # OpenAI's own test: English-only Whisper models have 51,864 tokens, multilingual ones more.
     multilingual = config.vocab_size >= 51865
     settings = dict(
         decoder_start_token_id=config.decoder_start_token_id, bos_token_id=config.bos_token_id,
@@ -446,7 +446,7 @@ def _whisper_generation_config(config, tokenizer, ct2_config: dict):
         max_initial_timestamp_index=50, return_timestamps=False)
     if multilingual:
         lang_ids = ct2_config.get("lang_ids", [])
-        settings["lang_to_id"] = dict(zip(tokenizer.convert_ids_to_tokens(lang_ids), lang_ids))
+        settings["lang_to_id"] = dict(zip(tokenizer.convert_ids_to_tokens(lang_ids), lang_ids, strict=True))
         settings["task_to_id"] = {"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")}
     return GenerationConfig(**settings)
 
@@ -505,24 +505,42 @@ def _check_magic(path: Path, magic: bytes, what: str) -> None:
 def _plain_llama_copy(gguf_model):
     """Copy a GGUF-loaded causal LM into a plain ``LlamaForCausalLM`` with a clean config.
 
-    The GGUF-loaded model's config still says ``quantization_config: gguf``; a folder
-    saved with it would send every later ``from_pretrained`` back through the GGUF
-    loader. A fresh model built from the config without that entry saves as an
-    ordinary transformers checkpoint.
+    The GGUF-loaded model's config still carries ``quantization_config: gguf``, so a
+    folder saved from it would claim to be GGUF-quantised. A fresh model built from
+    the config without that entry saves as an ordinary transformers checkpoint.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.initialization import no_init_weights
 
     if gguf_model.config.model_type != "llama":
         raise ValueError(f"the GGUF file holds a {gguf_model.config.model_type!r} model, but this converter "
                          "expects a Llama-architecture model such as SmolLM2")
     settings = gguf_model.config.to_dict()
     settings.pop("quantization_config", None)
-    model = LlamaForCausalLM(LlamaConfig.from_dict(settings))
+    # Random initialisation of 135M parameters costs seconds and every one is overwritten below.
+    with no_init_weights():
+        model = LlamaForCausalLM(LlamaConfig.from_dict(settings))
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     _load_checked(model, gguf_model.state_dict(), allowed_missing=tied)
     model.tie_weights()
     model.generation_config = gguf_model.generation_config
+    _check_same_logits(gguf_model, model)
     return model
+
+
+def _check_same_logits(reference: torch.nn.Module, copy: torch.nn.Module, tokens: int = 8) -> None:
+    """Raise RuntimeError unless ``copy`` computes the same logits as ``reference``.
+
+    Comparing outputs, not only parameters, also covers what a state dict leaves out
+    (non-persistent buffers such as the rotary frequencies, the tied output layer).
+    """
+    input_ids = torch.arange(1, tokens + 1).unsqueeze(0)
+    reference.eval(), copy.eval()
+    with torch.no_grad():
+        expected, actual = reference(input_ids).logits, copy(input_ids).logits
+    if not torch.allclose(expected, actual, atol=1e-4):
+        raise RuntimeError(f"the copied model's logits differ from the GGUF model's by up to "
+                           f"{float((expected - actual).abs().max()):.3g}; the conversion is broken")
 
 
 def convert_smollm2_gguf(gguf_file: Path, out_dir: Path) -> None:
@@ -530,9 +548,9 @@ def convert_smollm2_gguf(gguf_file: Path, out_dir: Path) -> None:
 
     transformers (with the ``gguf`` package) dequantises the Q4_1 weights on load;
     the result is copied into a plain ``LlamaForCausalLM`` (tied input/output
-    embeddings) and saved with the tokenizer and its chat template. The weights are
-    the 4-bit ones made float, so the model is slightly worse than the original
-    bfloat16 release, but it is the same pre-trained model.
+    embeddings), checked to give the same logits, and saved with the tokenizer and
+    its chat template. The weights are the 4-bit ones made float, so the model is a
+    little worse than the original release, but it is the same pre-trained model.
 
     Args:
         gguf_file: The ``.gguf`` file.
@@ -541,6 +559,7 @@ def convert_smollm2_gguf(gguf_file: Path, out_dir: Path) -> None:
     Raises:
         FileNotFoundError: ``gguf_file`` is missing.
         ValueError: it is not a GGUF file of a Llama-architecture model, or its weights do not fit.
+        RuntimeError: the plain copy does not compute what the GGUF-loaded model computes.
 
     Example:
         >>> convert_smollm2_gguf(Path(".../SmolLM2-135M-Instruct.Q4_1.gguf"), Path("smollm2_135m"))
@@ -558,6 +577,8 @@ def convert_smollm2_gguf(gguf_file: Path, out_dir: Path) -> None:
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"the GGUF tokenizer has {len(tokenizer)} tokens but the model only "
                          f"{model.config.vocab_size} embeddings; the file is inconsistent")
+    # The GGUF tokenizer carries no length limit; the model's context window is the real one.
+    tokenizer.model_max_length = model.config.max_position_embeddings
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
@@ -686,8 +707,8 @@ def _onnx_bert_weights(graph, constants: Mapping[str, np.ndarray]) -> dict[str, 
     return {name: _as_tensor(array) for name, array in arrays.items()}
 
 
-def _copy_bert_tokenizer(tokenizer_dir: Path, out_dir: Path, vocab_size: int) -> None:
-    """Copy the WordPiece tokenizer files after checking the vocabulary fits the embeddings."""
+def _check_bert_tokenizer(tokenizer_dir: Path, vocab_size: int) -> None:
+    """Check the WordPiece tokenizer files exist and the vocabulary fits the embeddings."""
     absent = [name for name in BERT_TOKENIZER_FILES if not (tokenizer_dir / name).is_file()]
     if absent:
         raise FileNotFoundError(f"{tokenizer_dir} lacks tokenizer files {absent}; pass the all-MiniLM-L6-v2 "
@@ -697,8 +718,6 @@ def _copy_bert_tokenizer(tokenizer_dir: Path, out_dir: Path, vocab_size: int) ->
     if vocab_lines != vocab_size:
         raise ValueError(f"{tokenizer_dir / 'vocab.txt'} has {vocab_lines} tokens but the model has {vocab_size} "
                          "embeddings; this tokenizer does not belong to the model")
-    for name in BERT_TOKENIZER_FILES:
-        shutil.copy(tokenizer_dir / name, out_dir / name)
 
 
 def convert_minilm_onnx(onnx_file: Path, tokenizer_dir: Path, out_dir: Path) -> None:
@@ -733,7 +752,9 @@ def convert_minilm_onnx(onnx_file: Path, tokenizer_dir: Path, out_dir: Path) -> 
     constants = _onnx_constants(graph)
     weights = _onnx_bert_weights(graph, constants)
     config = _bert_config(weights, graph, constants)
+    _check_bert_tokenizer(tokenizer_dir, config.vocab_size)
     model = BertModel(config, add_pooling_layer=False)
     _load_checked(model, weights)
     model.save_pretrained(out_dir)
-    _copy_bert_tokenizer(tokenizer_dir, out_dir, config.vocab_size)
+    for name in BERT_TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir / name, out_dir / name)

@@ -1,0 +1,331 @@
+"""The mathematics of fine-tuning, as code: joint losses, L2-SP and per-block diagnostics.
+
+Three ideas from the theory of transfer learning, each small enough to read:
+
+* **Joint training** minimises ``L_total = L_source + lambda * L_target`` over a
+  shared body with one head per task (:class:`TwoHeadNet`, :func:`fit_joint`).
+* **L2-SP** ("starting point") regularises fine-tuning towards the pre-trained
+  weights ``w0`` instead of towards zero:
+  ``alpha/2 * ||w_body - w0||^2 + beta/2 * ||w_head||^2`` (:func:`l2_sp_penalty`),
+  where plain weight decay is ``alpha/2 * ||w||^2`` (:func:`l2_penalty`).
+* **Diagnostics** per block of a network: how far fine-tuning moved the weights
+  from their start (:func:`weight_distance_per_block`) and which blocks received
+  gradients (:func:`gradient_norm_per_block`).
+
+Example:
+    >>> start = snapshot_weights(model)
+    >>> loss_fn = PenalizedLoss(lambda: l2_sp_penalty(model, start, alpha=0.1))
+    >>> history = fit(model, train_loader, val_loader, loss_fn=loss_fn)
+    >>> weight_distance_per_block(model, start)
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from tlutils.surgery import HEAD_NAMES, model_blocks, set_train_mode
+from tlutils.train import History, unpack_batch
+
+# ------------------------------------------------------------------ weights and penalties
+
+
+def snapshot_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of every parameter, e.g. the pre-trained starting point ``w0``.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        ``{parameter name: tensor}``; later training does not change the copies.
+    """
+    return {name: param.detach().clone() for name, param in model.named_parameters()}
+
+
+def _head_prefix(model: nn.Module, head: str | None) -> str | None:
+    """The head's module name: ``head`` if given, else the first known head attribute, else None."""
+    if head is not None:
+        if not isinstance(getattr(model, head, None), nn.Module):
+            raise ValueError(f"the model has no module {head!r} to treat as the head")
+        return head
+    return next((name for name in HEAD_NAMES if isinstance(getattr(model, name, None), nn.Module)), None)
+
+
+def _in_module(param_name: str, prefix: str | None) -> bool:
+    return prefix is not None and (param_name == prefix or param_name.startswith(prefix + "."))
+
+
+def l2_penalty(model: nn.Module, alpha: float) -> torch.Tensor:
+    """Plain L2 regularisation (weight decay as a loss term): ``alpha/2 * sum ||w||^2``.
+
+    Only trainable parameters count. This pulls every weight towards **zero**, so on a
+    pre-trained body it pulls the weights away from what pre-training learned.
+
+    Args:
+        model: The network being trained.
+        alpha: Strength, ``>= 0``.
+
+    Returns:
+        A scalar tensor that carries gradients.
+    """
+    _check_strength("alpha", alpha)
+    squares = [param.pow(2).sum() for param in model.parameters() if param.requires_grad]
+    return alpha / 2 * torch.stack(squares).sum() if squares else torch.zeros(())
+
+
+def l2_sp_penalty(model: nn.Module, reference: dict[str, torch.Tensor], alpha: float,
+                  beta: float = 0.0, head: str | None = None) -> torch.Tensor:
+    """The L2-SP penalty of Li, Grandvalet and Davoine (2018).
+
+    ``alpha/2 * ||w_body - w0||^2 + beta/2 * ||w_head||^2``: body weights are pulled
+    towards their pre-trained values ``w0`` (a new head has no pre-trained value, so it
+    gets plain weight decay with strength ``beta``). Only trainable parameters count.
+
+    Args:
+        model: The network being fine-tuned.
+        reference: The starting point from :func:`snapshot_weights`, taken before training.
+        alpha: Strength of the pull towards ``w0``, ``>= 0``.
+        beta: Weight decay of the head (and of any parameter missing from ``reference``).
+        head: Module name of the head; default: the model's head attribute (``classifier``,
+            ``fc``, ...), if any.
+
+    Returns:
+        A scalar tensor that carries gradients.
+
+    Raises:
+        ValueError: a negative strength, or a reference tensor whose shape differs from
+            the model's parameter of the same name (a reference from another model).
+    """
+    _check_strength("alpha", alpha)
+    _check_strength("beta", beta)
+    head = _head_prefix(model, head)
+    total = torch.zeros(())
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if _in_module(name, head) or name not in reference:
+            total = total.to(param.device) + beta / 2 * param.pow(2).sum()
+            continue
+        start = reference[name]
+        if start.shape != param.shape:
+            raise ValueError(f"reference[{name!r}] has shape {tuple(start.shape)} but the model's parameter has "
+                             f"{tuple(param.shape)}; take the snapshot from this model before training")
+        total = total.to(param.device) + alpha / 2 * (param - start.to(param.device)).pow(2).sum()
+    return total
+
+
+def _check_strength(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+
+class PenalizedLoss(nn.Module):
+    """Cross-entropy plus a regularisation penalty, usable as ``fit(..., loss_fn=...)``.
+
+    The penalty is added only while training (when the logits carry gradients), so
+    the validation loss that :func:`~tlutils.train.fit` records stays plain
+    cross-entropy and runs with different penalties can be compared directly.
+
+    Args:
+        penalty: Called without arguments, returns a scalar tensor, e.g.
+            ``lambda: l2_sp_penalty(model, start, alpha=0.1)``.
+        base_loss: The data loss; default cross-entropy.
+    """
+
+    def __init__(self, penalty: Callable[[], torch.Tensor], base_loss: nn.Module | None = None):
+        super().__init__()
+        if not callable(penalty):
+            raise ValueError("penalty must be a function without arguments that returns a scalar tensor")
+        self.penalty = penalty
+        self.base_loss = base_loss or nn.CrossEntropyLoss()
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.base_loss(logits, targets)
+        return loss + self.penalty().to(loss.device) if logits.requires_grad else loss
+
+
+# ------------------------------------------------------------------ per-block diagnostics
+
+
+def _named_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The body blocks (input side first) followed by the head, when there is one."""
+    blocks = model_blocks(model)
+    head = _head_prefix(model, None)
+    if head is not None and head not in {name for name, _ in blocks}:
+        blocks = blocks + [(head, getattr(model, head))]
+    return blocks
+
+
+def _block_parameters(model: nn.Module, block_name: str) -> list[tuple[str, nn.Parameter]]:
+    return [(name, param) for name, param in model.named_parameters() if _in_module(name, block_name)]
+
+
+def weight_distance_per_block(model: nn.Module, reference: dict[str, torch.Tensor]) -> list[dict]:
+    """How far each block's weights moved from ``reference`` (e.g. the pre-trained start).
+
+    Args:
+        model: The network after training.
+        reference: Weights from :func:`snapshot_weights`, taken before training.
+
+    Returns:
+        One dict per block that has parameters, input side first, then the head:
+        ``block``, ``params``, ``distance`` (``||w - w0||``) and ``relative``
+        (``||w - w0|| / ||w0||``, 0 when ``w0`` is all zeros).
+
+    Raises:
+        ValueError: the reference lacks a parameter of the model.
+    """
+    missing = [name for name, _ in model.named_parameters() if name not in reference]
+    if missing:
+        raise ValueError(f"reference has no entry for {missing[:3]}; take the snapshot from this model")
+    rows = []
+    for block_name, _ in _named_blocks(model):
+        params = _block_parameters(model, block_name)
+        if not params:
+            continue
+        moved = torch.stack([(p.detach().cpu() - reference[n].cpu()).pow(2).sum() for n, p in params]).sum().sqrt()
+        size = torch.stack([reference[n].cpu().pow(2).sum() for n, _ in params]).sum().sqrt()
+        rows.append({"block": block_name, "params": sum(p.numel() for _, p in params),
+                     "distance": float(moved), "relative": float(moved / size) if size > 0 else 0.0})
+    return rows
+
+
+def total_weight_distance(model: nn.Module, reference: dict[str, torch.Tensor],
+                          exclude: Sequence[str] = ()) -> float:
+    """``||w - w0||`` over all parameters, leaving out modules named in ``exclude`` (e.g. the head)."""
+    squares = [(p.detach().cpu() - reference[n].cpu()).pow(2).sum() for n, p in model.named_parameters()
+               if not any(_in_module(n, prefix) for prefix in exclude)]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+
+
+def gradient_norm_per_block(model: nn.Module) -> list[dict]:
+    """After ``loss.backward()``: which blocks received gradients, and how large they are.
+
+    Returns:
+        One dict per block with parameters: ``block``, ``trainable`` (parameters with
+        ``requires_grad``), ``with_grad`` (parameters whose ``.grad`` is not None) and
+        ``grad_norm`` (0.0 when no parameter of the block has a gradient).
+    """
+    rows = []
+    for block_name, _ in _named_blocks(model):
+        params = [p for _, p in _block_parameters(model, block_name)]
+        if not params:
+            continue
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = float(torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt()) if grads else 0.0
+        rows.append({"block": block_name, "trainable": sum(p.numel() for p in params if p.requires_grad),
+                     "with_grad": sum(p.numel() for p in params if p.grad is not None), "grad_norm": norm})
+    return rows
+
+
+# ------------------------------------------------------------------ joint source + target training
+
+
+class TwoHeadNet(nn.Module):
+    """A shared body with one head per task: ``model(x, task)`` for task ``"source"`` or ``"target"``.
+
+    Args:
+        shared: Maps inputs to a shared representation (trainable or frozen).
+        source_head: Maps the representation to source-class logits.
+        target_head: Maps the representation to target-class logits.
+    """
+
+    TASKS = ("source", "target")
+
+    def __init__(self, shared: nn.Module, source_head: nn.Module, target_head: nn.Module):
+        super().__init__()
+        self.shared = shared
+        self.heads = nn.ModuleDict({"source": source_head, "target": target_head})
+
+    def forward(self, inputs: torch.Tensor, task: str = "target") -> torch.Tensor:
+        if task not in self.TASKS:
+            raise ValueError(f"task must be one of {self.TASKS}, got {task!r}")
+        return self.heads[task](self.shared(inputs))
+
+
+def joint_loss(source_loss: torch.Tensor, target_loss: torch.Tensor, lam: float) -> torch.Tensor:
+    """``L_total = L_source + lam * L_target``.
+
+    Args:
+        source_loss: Loss of the source head on a source batch.
+        target_loss: Loss of the target head on a target batch.
+        lam: Weight of the target task, ``>= 0`` (0 trains on the source alone).
+    """
+    _check_strength("lam", lam)
+    return source_loss + lam * target_loss
+
+
+def _joint_step(model: TwoHeadNet, source_batch, target_batch, lam: float, device: torch.device,
+                loss_fn: nn.Module) -> tuple[torch.Tensor, float, float]:
+    source_x, source_y = unpack_batch(source_batch, device)
+    target_x, target_y = unpack_batch(target_batch, device)
+    source_loss = loss_fn(model(source_x, "source"), source_y)
+    target_loss = loss_fn(model(target_x, "target"), target_y)
+    return joint_loss(source_loss, target_loss, lam), source_loss.item(), target_loss.item()
+
+
+@torch.no_grad()
+def joint_accuracy(model: TwoHeadNet, loader, task: str, device: torch.device) -> float:
+    """Accuracy of one head of a :class:`TwoHeadNet` on ``loader``."""
+    model.eval().to(device)
+    correct, count = 0, 0
+    for batch in loader:
+        inputs, targets = unpack_batch(batch, device)
+        correct += int((model(inputs, task).argmax(-1) == targets).sum())
+        count += len(targets)
+    if count == 0:
+        raise ValueError("the evaluation loader is empty: it yielded no batches")
+    return correct / count
+
+
+def fit_joint(model: TwoHeadNet, source_loader, target_loader, lam: float, *, epochs: int, lr: float,
+              device: torch.device, source_val=None, target_val=None, weight_decay: float = 0.0) -> History:
+    """Minimise ``L_source + lam * L_target`` with AdamW, one source and one target batch per step.
+
+    An epoch is one pass over ``source_loader``; the (usually smaller) target loader is
+    cycled. Seed before calling for a reproducible run.
+
+    Args:
+        model: A :class:`TwoHeadNet`.
+        source_loader: ``(inputs, labels)`` batches of the source task.
+        target_loader: ``(inputs, labels)`` batches of the target task.
+        lam: Weight of the target loss, ``>= 0``.
+        epochs: Passes over the source data.
+        lr: AdamW learning rate.
+        device: Where to train.
+        source_val: Optional loader; adds ``val_source_accuracy`` to each epoch.
+        target_val: Optional loader; adds ``val_target_accuracy`` to each epoch.
+        weight_decay: AdamW weight decay.
+
+    Returns:
+        A :class:`~tlutils.train.History` with ``train_loss`` (the joint loss),
+        ``source_loss`` and ``target_loss`` per epoch.
+    """
+    _check_strength("lam", lam)
+    if len(source_loader) == 0 or len(target_loader) == 0:
+        raise ValueError("source_loader and target_loader must both yield batches")
+    model.to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=weight_decay)
+    loss_fn, history = nn.CrossEntropyLoss(), History()
+    for epoch in range(1, epochs + 1):
+        start, sums = time.perf_counter(), torch.zeros(3)
+        set_train_mode(model)
+        for source_batch, target_batch in zip(source_loader, itertools.cycle(target_loader)):
+            loss, source_loss, target_loss = _joint_step(model, source_batch, target_batch, lam, device, loss_fn)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.tensor([loss.item(), source_loss, target_loss])
+        means = (sums / len(source_loader)).tolist()
+        row = {"epoch": epoch, "lr": lr, "train_loss": means[0], "source_loss": means[1], "target_loss": means[2]}
+        for task, loader in (("source", source_val), ("target", target_val)):
+            if loader is not None:
+                row[f"val_{task}_accuracy"] = joint_accuracy(model, loader, task, device)
+        row["seconds"] = time.perf_counter() - start
+        history.epochs.append(row)
+    return history
