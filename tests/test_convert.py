@@ -8,6 +8,7 @@ pip packages and are skipped, with the reason, when a package is missing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
@@ -19,10 +20,11 @@ import torch
 
 from tlutils.assets import MIRROR_ENV, AssetNotFoundError, project_root, resolve
 from tlutils.convert import (
-    ct2_float_weights,
+    _load_checked,
     convert_minilm_onnx,
     convert_smollm2_gguf,
     convert_whisper_ct2,
+    ct2_float_weights,
     load_ct2,
     read_ct2,
 )
@@ -153,6 +155,21 @@ def test_missing_model_bin_raises_file_not_found(tmp_path):
         read_ct2(tmp_path / "model.bin")
 
 
+# ===================================================================== the load check every conversion uses
+
+
+def test_load_checked_refuses_missing_unexpected_and_misshaped_weights():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    good = {name: torch.ones_like(tensor) for name, tensor in model.state_dict().items()}
+    _load_checked(model, {k: v for k, v in good.items() if k != "1.weight"}, allowed_missing={"1.weight"})
+    assert torch.equal(model[0].weight, torch.ones(2, 3))
+    for broken, message in [({k: v for k, v in good.items() if k != "0.bias"}, r"missing: \['0.bias'\]"),
+                            ({**good, "2.weight": torch.ones(1)}, r"unexpected: \['2.weight'\]"),
+                            ({**good, "0.weight": torch.ones(3, 2)}, r"0.weight: converted \(3, 2\)")]:
+        with pytest.raises(ValueError, match=message):
+            _load_checked(model, broken)
+
+
 # ===================================================================== helpers for the real conversions
 
 
@@ -176,13 +193,20 @@ def fsdd_clip(file_name: str) -> tuple[np.ndarray, int]:
     return audio, rate
 
 
+@contextlib.contextmanager
+def offline_env():
+    """Module-scoped fixtures run before conftest's per-test offline settings, so set them here too."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in OFFLINE.items():
+            patch.setenv(key, value)
+        yield
+
+
 @pytest.fixture(scope="module")
 def whisper_dir(tmp_path_factory) -> Path:
     source = package_file("whisper_tiny_en_ct2")
     out_dir = tmp_path_factory.mktemp("whisper_tiny_en")
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in OFFLINE.items():
-            patch.setenv(key, value)
+    with offline_env():
         convert_whisper_ct2(source, out_dir)
     return out_dir
 
@@ -200,7 +224,8 @@ def minilm_dir(tmp_path_factory) -> Path:
     pytest.importorskip("onnx", reason="onnx reads the MiniLM-L3 graph")
     onnx_file, tokenizer_dir = package_file("minilm_l3_onnx"), package_file("minilm_l6")
     out_dir = tmp_path_factory.mktemp("minilm_l3")
-    convert_minilm_onnx(onnx_file, tokenizer_dir, out_dir)
+    with offline_env():
+        convert_minilm_onnx(onnx_file, tokenizer_dir, out_dir)
     return out_dir
 
 
@@ -309,17 +334,28 @@ def test_minilm_rejects_a_file_that_is_not_onnx(tmp_path):
 # ===================================================================== SmolLM2
 
 
-def test_smollm2_rejects_a_file_that_is_not_gguf(tmp_path):
+def test_smollm2_rejects_a_missing_or_foreign_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="GGUF model file"):
+        convert_smollm2_gguf(tmp_path / "missing.gguf", tmp_path)
     with pytest.raises(ValueError, match="not a GGUF model file"):
         convert_smollm2_gguf(_write(tmp_path / "model.gguf", b"PK\x03\x04 a zip file"), tmp_path)
 
 
 def test_smollm2_conversion_answers_a_chat_question(tmp_path):
     pytest.importorskip("gguf", reason="transformers needs the gguf package to read GGUF files")
+    out_dir = tmp_path / "smollm2_135m"
+    out_dir.mkdir()
+    try:
+        convert_smollm2_gguf(package_file("smollm2_gguf"), out_dir)
+        check_smollm2_folder(out_dir)
+    finally:
+        shutil.rmtree(out_dir)  # 540 MB: do not leave it in pytest's kept temporary folders
+
+
+def check_smollm2_folder(folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    convert_smollm2_gguf(package_file("smollm2_gguf"), tmp_path)  # writes about 540 MB
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(tmp_path).eval(), AutoTokenizer.from_pretrained(tmp_path)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert getattr(model.config, "quantization_config", None) is None  # a plain checkpoint, not GGUF-backed
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

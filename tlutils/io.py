@@ -70,6 +70,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         (tmp / COMPLETE_MARKER).write_text("ok\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private; a finished cache is as readable as any folder
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
