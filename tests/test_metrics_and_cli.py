@@ -26,3 +26,23 @@ def test_assets_command_lists_every_asset(capsys):
     out = capsys.readouterr().out
     assert "mobilenet_v2" in out and "resnet18" in out and "assets resolved" in out
     assert "online   fix: connect to the internet" in out
+
+
+@pytest.fixture
+def two_assets():
+    from tlutils import assets
+    from tlutils.assets import Asset, Cache, register
+
+    register(Asset("cli_good", "dataset", "builds", (Cache(lambda out, inputs: (out / "f").write_text("x")),),
+                   fix="nothing"))
+    register(Asset("cli_bad", "dataset", "cannot build", (Cache(),), fix="run the fixer"))
+    yield
+    for name in ("cli_good", "cli_bad"):
+        assets._REGISTRY.pop(name, None)
+
+
+def test_prepare_exit_codes(temp_cache, two_assets, capsys):
+    assert main(["prepare", "cli_good"]) == 0
+    assert "ok       cli_good" in capsys.readouterr().out
+    assert main(["prepare", "cli_bad"]) == 1
+    assert "Fix: run the fixer" in capsys.readouterr().err
