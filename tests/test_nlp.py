@@ -300,3 +300,29 @@ def test_rouge_scores():
     assert set(scores) == {"rouge1", "rouge2", "rougeL"} and 0 < scores["rougeL"] < 1
     with pytest.raises(ValueError, match="one prediction per reference"):
         nlp.rouge_scores(["a"], [])
+
+
+# ------------------------------------------------------------------ attention masks
+
+
+def test_attention_masks_of_the_three_objectives():
+    assert nlp.bidirectional_mask(3).all()
+    assert torch.equal(nlp.causal_mask(3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool))
+    # order (2, 0, 1): position 2 is predicted first and sees nothing; position 1 sees 2 and 0
+    query = nlp.permutation_mask([2, 0, 1])
+    assert torch.equal(query, torch.tensor([[0, 0, 1], [1, 0, 1], [0, 0, 0]], dtype=torch.bool))
+    assert torch.equal(nlp.permutation_mask([0, 1, 2]), nlp.causal_mask(3) & ~torch.eye(3, dtype=torch.bool))
+    assert nlp.permutation_mask([2, 0, 1], content_stream=True).diagonal().all()
+    with pytest.raises(ValueError, match="permutation"):
+        nlp.permutation_mask([0, 0, 1])
+    assert len(nlp.plot_attention_masks({"causal": nlp.causal_mask(3)}, ["a", "b", "c"]).axes) == 1
+
+
+def test_next_token_probs_and_target_loss():
+    tokenizer = word_tokenizer()
+    model = tiny_llama(tokenizer.vocab_size)
+    probs = nlp.next_token_probs(model, tokenizer, "the film", temperature=0.5, device=torch.device("cpu"))
+    assert probs.shape == (tokenizer.vocab_size,) and probs.sum() == pytest.approx(1.0, rel=1e-5)
+    loader = nlp.lm_loader(headline_data(tokenizer), batch_size=4)
+    assert nlp.target_loss(model, loader, device=torch.device("cpu")) == pytest.approx(
+        math.log(tokenizer.vocab_size), rel=0.2)  # an untrained model is close to uniform

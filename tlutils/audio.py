@@ -6,19 +6,24 @@ This module turns sound files into fixed-length clips and spectrograms, and
 wraps three ways of turning a clip into a vector:
 
 * the **Whisper encoder** (pre-trained on 680k hours of speech), cut down to
-  short clips (:func:`truncate_whisper_encoder`) and mean-pooled per layer
-  (:class:`WhisperFeatures`), or fine-tuned with a head (:class:`WhisperClassifier`);
-* the **GE2E speaker encoder** (:func:`load_ge2e`), trained to tell voices apart;
-* a **small CNN from scratch** on log-mels (:class:`SmallAudioCNN`), the baseline.
+  short clips (:func:`truncate_whisper_encoder`), mean-pooled per layer and
+  cached (:func:`whisper_features`), or fine-tuned with a head (:class:`WhisperClassifier`);
+* the **GE2E speaker encoder** (:func:`load_ge2e`, :func:`ge2e_embeddings`), trained
+  to tell voices apart;
+* a **small CNN from scratch** on log-mels (:func:`train_scratch_cnn`), the baseline.
 
-Speaker identification with a few enrolment clips per speaker uses
-nearest-prototype classifiers (:func:`class_prototypes`, :func:`enrolment_accuracy`).
+Around them: linear probes on cached features (:func:`train_linear_probe`),
+nearest-prototype speaker enrolment (:func:`enrolment_accuracy`), real
+multilingual recordings (:func:`load_spoken_words`, :func:`load_digit_names`),
+zero-shot transcription (:func:`whisper_transcribe`) and wav2vec 2.0 when online
+(:func:`load_wav2vec2_asr`).
 
 Example:
     >>> waves, lengths = load_clips(load_fsdd("test")["path"], seconds=1.0)
     >>> processor, whisper = load_whisper()
-    >>> features = WhisperFeatures(truncate_whisper_encoder(whisper.model.encoder, 1.0))
-    >>> pooled = features(whisper_log_mel(waves, processor.feature_extractor))  # N x layers x 384
+    >>> encoder = truncate_whisper_encoder(whisper.model.encoder, seconds=1.0)
+    >>> mels = whisper_log_mel(waves, processor.feature_extractor, seconds=1.0)
+    >>> features, _ = whisper_features(encoder, mels, labels, "09_example")  # N x 5 layers x 384
 """
 
 from __future__ import annotations
@@ -36,13 +41,13 @@ from torch import nn
 from tlutils.assets import resolve
 
 SAMPLE_RATE = 16_000
-#: Whisper's log-mel has 100 frames per second (10 ms hop); its encoder halves that.
-WHISPER_FRAMES_PER_SECOND = 100
+#: Whisper's log-mel has 100 frames per second (10 ms hop); its stride-2 convolution halves that.
 WHISPER_POSITIONS_PER_SECOND = 50
 #: Resemblyzer's GE2E front end: 40 mel bands, 25 ms windows, 10 ms hop, 1.6 s partials.
 GE2E_N_MELS = 40
 GE2E_PARTIAL_SECONDS = 1.6
 GE2E_TARGET_DBFS = -30.0
+HOMOPHONES = {"oh": 0, "won": 1, "to": 2, "too": 2, "for": 4, "ate": 8}
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -271,6 +276,34 @@ class WhisperFeatures(nn.Module):
         return torch.stack([state.mean(dim=1) for state in whisper_hidden_states(self.encoder, mels)], dim=1)
 
 
+def whisper_features(encoder: nn.Module, mels: torch.Tensor, labels: torch.Tensor, cache_name: str | None = None,
+                     fingerprint: str = "", batch_size: int = 32, device: torch.device | str = "cpu",
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled features of every Whisper layer, cached by :func:`~tlutils.features.extract_features`.
+
+    Args:
+        encoder: A (truncated) Whisper encoder, used frozen.
+        mels: ``N x 80 x frames`` log-mels from :func:`whisper_log_mel`.
+        labels: ``N`` labels stored alongside.
+        cache_name: File name under ``data/cache/features/`` (start it with the notebook
+            number); ``None`` disables caching.
+        fingerprint: Identifies the clips; the encoder's depth and length are added here.
+        batch_size: Clips per forward pass.
+        device: Where to run.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(features, labels)`` with features of shape ``N x (layers + 1) x d_model``.
+    """
+    from tlutils.features import extract_features, feature_loader
+
+    extractor = WhisperFeatures(encoder)
+    tag = f"whisper|layers={len(encoder.layers)}|positions={encoder.embed_positions.num_embeddings}|{fingerprint}"
+    flat, labels = extract_features(extractor, feature_loader(mels, labels, batch_size), cache_name, tag,
+                                    torch.device(device), progress)
+    return flat.view(len(flat), extractor.num_layers, -1), labels
+
+
 class WhisperClassifier(nn.Module):
     """Whisper encoder + mean pooling + a linear ``head``, for fine-tuning end to end.
 
@@ -294,33 +327,78 @@ class WhisperClassifier(nn.Module):
         return self.head(whisper_hidden_states(self.encoder, mels)[-1].mean(dim=1))
 
 
+# ------------------------------------------------------------------ linear probes on frozen features
+
+
+class LinearProbe(nn.Module):
+    """Standardise features with fixed training statistics, then one linear ``head``.
+
+    Args:
+        mean, std: Per-feature statistics of the training features (kept as buffers).
+        num_classes: Outputs of the head.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_classes: int):
+        super().__init__()
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("std", std.float().clamp_min(1e-5))
+        self.head = nn.Linear(len(mean), num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``N x D`` features -> ``N x num_classes`` logits."""
+        return self.head((features - self.mean) / self.std)
+
+
+def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 60,
+                       lr: float = 1e-2, weight_decay: float = 1e-2, batch_size: int = 32, seed: int = 0,
+                       device: torch.device | str = "cpu") -> tuple[LinearProbe, "History"]:
+    """Train a :class:`LinearProbe` on cached features with :func:`~tlutils.train.fit` (seconds on a CPU).
+
+    Returns:
+        ``(probe, history)``; the probe is in eval mode.
+    """
+    from tlutils.features import feature_loader
+    from tlutils.train import fit
+    from tlutils.utils import set_seed
+
+    set_seed(seed)
+    probe = LinearProbe(features.mean(dim=0), features.std(dim=0), num_classes)
+    loader = feature_loader(features, labels, min(batch_size, len(labels)), shuffle=True, seed=seed)
+    history = fit(probe, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, device=device, progress=False)
+    return probe.eval(), history
+
+
 # ------------------------------------------------------------------ a small CNN from scratch
 
 
-def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+def _conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+                         nn.BatchNorm1d(out_channels), nn.ReLU(inplace=True), nn.MaxPool1d(2))
 
 
 class SmallAudioCNN(nn.Module):
     """A small CNN trained from scratch on log-mel spectrograms (the no-transfer baseline).
 
-    Input is ``N x n_mels x frames`` (treated as a one-channel image); each block
-    is conv 3x3 - BatchNorm - ReLU - 2x2 max-pool; global average pooling and a
-    linear ``head`` follow. Spectrograms are standardised per clip inside the model.
+    The mel bands are the input channels and the convolutions slide over time
+    (a *temporal* CNN): on short keyword-like clips this learns faster and runs
+    several times cheaper than treating the spectrogram as an image. Each block is
+    conv - BatchNorm - ReLU - 2x max-pool; average pooling over time and a linear
+    ``head`` follow. Every spectrogram is standardised inside the model.
 
     Args:
+        n_mels: Mel bands of the input (channels of the first convolution).
         num_classes: Number of outputs.
         channels: Output channels of the conv blocks.
+        kernel_size: Width of each convolution in frames (10 ms each).
         dropout: Dropout before the head.
     """
 
-    def __init__(self, num_classes: int, channels: Sequence[int] = (16, 32, 64), dropout: float = 0.2):
+    def __init__(self, n_mels: int, num_classes: int, channels: Sequence[int] = (64, 64, 128),
+                 kernel_size: int = 5, dropout: float = 0.2):
         super().__init__()
-        widths = [1, *channels]
-        self.features = nn.Sequential(*(_conv_block(a, b) for a, b in zip(widths, widths[1:])))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], num_classes))
+        widths = [n_mels, *channels]
+        self.features = nn.Sequential(*(_conv_block(a, b, kernel_size) for a, b in zip(widths, widths[1:])))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(widths[-1], num_classes))
 
     def forward(self, spectrograms: torch.Tensor) -> torch.Tensor:
         """``N x n_mels x frames`` -> ``N x num_classes`` logits."""
@@ -328,7 +406,40 @@ class SmallAudioCNN(nn.Module):
             raise ValueError(f"expected N x n_mels x frames spectrograms, got shape {tuple(spectrograms.shape)}")
         mean = spectrograms.mean(dim=(1, 2), keepdim=True)
         std = spectrograms.std(dim=(1, 2), keepdim=True).clamp_min(1e-5)
-        return self.head(self.pool(self.features(((spectrograms - mean) / std).unsqueeze(1))))
+        return self.head(self.features((spectrograms - mean) / std).mean(dim=-1))
+
+
+def train_scratch_cnn(spectrograms: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 150,
+                      batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
+                      device: torch.device | str = "cpu") -> tuple[SmallAudioCNN, "History"]:
+    """Train a :class:`SmallAudioCNN` from random weights for about ``steps`` optimiser steps.
+
+    A fixed step budget (rather than a fixed number of epochs) gives small and
+    large training sets the same compute, so a comparison across set sizes is fair.
+
+    Args:
+        spectrograms: ``N x n_mels x frames`` log-mels.
+        labels: ``N`` class indices.
+        num_classes: Outputs of the head.
+        steps: Optimiser steps (rounded up to whole epochs).
+        batch_size: Clips per step (fewer when the set is smaller).
+        lr: Peak learning rate of the one-cycle schedule.
+        seed: Seeds the initial weights and the shuffling.
+        device: Where to train.
+
+    Returns:
+        ``(model, history)``; the model is in eval mode.
+    """
+    from tlutils.features import feature_loader
+    from tlutils.train import fit
+    from tlutils.utils import set_seed
+
+    set_seed(seed)
+    model = SmallAudioCNN(spectrograms.shape[1], num_classes)
+    loader = feature_loader(spectrograms, labels, min(batch_size, len(labels)), shuffle=True, seed=seed)
+    epochs = max(1, -(-steps // len(loader)))
+    history = fit(model, loader, epochs=epochs, lr=lr, scheduler="onecycle", device=device, progress=False)
+    return model.eval(), history
 
 
 # ------------------------------------------------------------------ GE2E speaker encoder
@@ -407,30 +518,59 @@ def ge2e_mel(waves: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.Tenso
     return mel(waves).transpose(-1, -2)
 
 
-@torch.no_grad()
-def ge2e_embeddings(encoder: GE2EEncoder, waves: torch.Tensor, lengths: torch.Tensor, batch_size: int = 64,
-                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """GE2E embeddings of short clips, prepared the way Resemblyzer prepares them.
+class GE2EEmbedder(nn.Module):
+    """Waveforms in, GE2E voice embeddings out, prepared the way Resemblyzer prepares them.
 
-    Each clip is normalised to -30 dBFS and padded with silence to one 1.6 s
-    window (clips of a few words fit in one window).
+    Each clip is normalised to -30 dBFS (quiet clips only get louder) before the
+    40-band mel front end. Resemblyzer pads short utterances with silence to a
+    1.6 s window; ``pad_to_seconds=None`` keeps the clips as they are (cheaper).
+
+    Args:
+        encoder: From :func:`load_ge2e`.
+        pad_to_seconds: Pad (never crop) every clip to this length first, or ``None``.
+    """
+
+    def __init__(self, encoder: GE2EEncoder, pad_to_seconds: float | None = None):
+        super().__init__()
+        self.encoder = encoder.eval()
+        self.pad_to_seconds = pad_to_seconds
+
+    @torch.no_grad()
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``N x samples`` at 16 kHz and their real lengths -> ``N x 256`` unit vectors."""
+        waves = normalize_volume(waves, lengths.to(waves.device))
+        if self.pad_to_seconds is not None:
+            waves = nn.functional.pad(waves, (0, max(0, int(self.pad_to_seconds * SAMPLE_RATE) - waves.shape[1])))
+        return self.encoder(ge2e_mel(waves.cpu()).to(waves.device))
+
+
+def ge2e_embeddings(encoder: GE2EEncoder, waves: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor | None = None,
+                    cache_name: str | None = None, fingerprint: str = "", batch_size: int = 64,
+                    device: torch.device | str = "cpu", progress: bool = False) -> torch.Tensor:
+    """GE2E embeddings of clips, cached on disk by :func:`~tlutils.features.extract_features`.
 
     Args:
         encoder: From :func:`load_ge2e`.
         waves: ``N x samples`` at 16 kHz.
-        lengths: Real samples per clip.
+        lengths: Real (unpadded) samples per clip.
+        labels: Stored with the cache (zeros when ``None``).
+        cache_name: File name under ``data/cache/features/``; ``None`` disables caching.
+        fingerprint: Identifies the clips (the model part is added here).
         batch_size: Clips per forward pass.
         device: Where to run.
+        progress: Show a progress bar.
 
     Returns:
         ``N x 256`` unit-length embeddings on the CPU.
     """
-    samples = int(GE2E_PARTIAL_SECONDS * SAMPLE_RATE)
-    waves = normalize_volume(waves, lengths)
-    waves = torch.nn.functional.pad(waves, (0, max(0, samples - waves.shape[1])))[:, :samples]
-    encoder.eval().to(device)
-    out = [encoder(ge2e_mel(waves[i:i + batch_size]).to(device)).cpu() for i in range(0, len(waves), batch_size)]
-    return torch.cat(out)
+    from tlutils.features import extract_features
+
+    labels = torch.zeros(len(waves), dtype=torch.long) if labels is None else labels
+    batches = [{"waves": waves[i:i + batch_size], "lengths": lengths[i:i + batch_size],
+                "labels": labels[i:i + batch_size]} for i in range(0, len(waves), batch_size)]
+    embeddings, _ = extract_features(GE2EEmbedder(encoder), batches, cache_name, f"ge2e|{fingerprint}",
+                                     torch.device(device), progress)
+    return embeddings
 
 
 # ------------------------------------------------------------------ enrolment and prototypes
@@ -491,22 +631,37 @@ def enrolment_accuracy(pool_features: torch.Tensor, pool_labels: torch.Tensor, t
 
 # ------------------------------------------------------------------ real spoken words in many languages
 
-WORDS_DESCRIPTION = re.compile(r"^(?P<stamp>.+)_desc_(?P<language>[a-z]{2})\.ogg$")
+WORDS_DESCRIPTION = re.compile(r"^(?P<stamp>.+)_desc(?:_(?P<language>[a-z]{2}))?\.ogg$")
+
+
+def _stamp_texts(text_file: Path) -> dict[str, str]:
+    """Written descriptions of one stamp by language (the first line is English)."""
+    if not text_file.is_file():
+        return {}
+    lines = text_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    texts = {"en": lines[0].strip()} if lines else {}
+    for line in lines[1:]:
+        key, _, value = line.partition("=")
+        language = key.split(".")[0]
+        if value and len(language) == 2:
+            texts.setdefault(language, value.strip())
+    return texts
 
 
 def load_spoken_words(languages: Sequence[str] | None = None) -> "pandas.DataFrame":
-    """List Tux Paint's recorded stamp descriptions: real human speech in a dozen languages.
+    """List Tux Paint's recorded stamp descriptions: real human speech in about a dozen languages.
 
-    Every stamp (a picture of an animal, a food, a vehicle...) comes with short
-    recordings of its description, one file per language:
-    ``<stamp>_desc_<language>.ogg``. They are spoken-language identification data.
+    Every stamp (a picture of an animal, a food, a vehicle...) has short recordings
+    of its description, one file per language: ``<stamp>_desc_<language>.ogg``, and
+    ``<stamp>_desc.ogg`` for English. The written description comes from ``<stamp>.txt``.
 
     Args:
         languages: Two-letter codes to keep (for example ``("es", "fr")``); ``None`` keeps all.
 
     Returns:
-        A DataFrame with columns ``path``, ``stamp``, ``category`` (the stamp's
-        top-level folder) and ``language``, sorted by path.
+        A DataFrame with columns ``path``, ``stamp``, ``category`` (the stamp's top-level
+        folder), ``language`` and ``text`` (the written description, ``""`` when missing),
+        sorted by path.
 
     Raises:
         FileNotFoundError: no recordings were found in the resolved folder.
@@ -515,49 +670,129 @@ def load_spoken_words(languages: Sequence[str] | None = None) -> "pandas.DataFra
 
     root = resolve("real_words").path
     rows = []
-    for path in sorted(root.rglob("*_desc_*.ogg")):
+    for path in sorted(root.rglob("*_desc*.ogg")):
         match = WORDS_DESCRIPTION.match(path.name)
-        if match and (languages is None or match["language"] in languages):
-            rows.append(dict(path=str(path), stamp=match["stamp"], category=path.relative_to(root).parts[0],
-                             language=match["language"]))
+        language = (match["language"] or "en") if match else None
+        if language is None or (languages is not None and language not in languages):
+            continue
+        text = _stamp_texts(path.with_name(match["stamp"] + ".txt")).get(language, "")
+        rows.append(dict(path=str(path), stamp=match["stamp"], category=path.relative_to(root).parts[0],
+                         language=language, text=text))
     if not rows:
         raise FileNotFoundError(f"no <stamp>_desc_<language>.ogg recordings for {languages or 'any language'} under {root}")
+    return pd.DataFrame(rows)
+
+
+DIGIT_NAME = re.compile(r"^(?P<digit>\d)_(?P<language>[a-z]{2})\.ogg$")
+
+
+def load_digit_names(languages: Sequence[str] | None = None) -> "pandas.DataFrame":
+    """List Tux Paint's recordings of the digit names 0-9 (``symbols/math/<digit>_<language>.ogg``).
+
+    They were recorded separately from the stamp descriptions of
+    :func:`load_spoken_words`, which makes them a second, independent test set
+    for spoken-language identification.
+
+    Returns:
+        A DataFrame with columns ``path``, ``digit`` and ``language``, sorted by path.
+    """
+    import pandas as pd
+
+    folder = resolve("real_words").path / "symbols" / "math"
+    rows = [dict(path=str(path), digit=int(match["digit"]), language=match["language"])
+            for path in sorted(folder.glob("*_*.ogg")) if (match := DIGIT_NAME.match(path.name))
+            and (languages is None or match["language"] in languages)]
+    if not rows:
+        raise FileNotFoundError(f"no <digit>_<language>.ogg recordings for {languages or 'any language'} in {folder}")
     return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------ transcription
 
 
+def whisper_prompt(model: nn.Module) -> list[int]:
+    """Decoder prompt for plain English transcription: start-of-transcript, then no-timestamps.
+
+    Multilingual checkpoints also get ``<|en|><|transcribe|>`` after the start token.
+    """
+    config = model.generation_config
+    prompt = [config.decoder_start_token_id]
+    if getattr(config, "is_multilingual", False):
+        prompt += [config.lang_to_id["<|en|>"], config.task_to_id["transcribe"]]
+    return prompt + [config.no_timestamps_token_id]
+
+
 @torch.no_grad()
-def whisper_transcribe(model: nn.Module, processor, waves: torch.Tensor, max_new_tokens: int = 24,
-                       batch_size: int = 8) -> list[str]:
-    """Zero-shot transcription with the full Whisper model (30-s input, greedy decoding).
+def greedy_decode(model: nn.Module, encoder_states: torch.Tensor, max_new_tokens: int = 24) -> list[list[int]]:
+    """Greedy decoding from encoder outputs, with Whisper's token suppression rules.
+
+    Args:
+        model: ``WhisperForConditionalGeneration``.
+        encoder_states: ``N x positions x d_model`` encoder outputs (any number of positions).
+        max_new_tokens: Upper bound on generated tokens per clip.
+
+    Returns:
+        The generated token ids of every clip, without the prompt and end token.
+    """
+    config = model.generation_config
+    end = config.eos_token_id
+    ids = torch.tensor([whisper_prompt(model)] * len(encoder_states), device=encoder_states.device)
+    finished = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    for step in range(max_new_tokens):
+        hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_states).last_hidden_state
+        logits = model.proj_out(hidden[:, -1])  # only the last position is needed
+        logits[:, list(config.suppress_tokens or [])] = -float("inf")
+        if step == 0:
+            logits[:, list(config.begin_suppress_tokens or [])] = -float("inf")
+        next_ids = logits.argmax(dim=-1).masked_fill(finished, end)
+        ids = torch.cat([ids, next_ids[:, None]], dim=1)
+        finished |= next_ids == end
+        if bool(finished.all()):
+            break
+    prompt_length = len(whisper_prompt(model))
+    return [[t for t in row[prompt_length:].tolist() if t != end] for row in ids]
+
+
+@torch.no_grad()
+def whisper_transcribe(model: nn.Module, processor, waves: torch.Tensor, encoder: nn.Module | None = None,
+                       max_new_tokens: int = 24, batch_size: int = 16) -> list[str]:
+    """Zero-shot transcription: Whisper's encoder, then its decoder, greedily.
 
     Args:
         model: ``WhisperForConditionalGeneration``.
         processor: Its ``WhisperProcessor``.
         waves: ``N x samples`` at 16 kHz.
-        max_new_tokens: Upper bound on the tokens generated per clip.
-        batch_size: Clips per generate call.
+        encoder: ``None`` uses the model's own encoder on the standard 30-s input;
+            a truncated encoder (:func:`truncate_whisper_encoder`) encodes only its own
+            length, which is much faster but gives the decoder a context it never saw
+            in training.
+        max_new_tokens: Upper bound on tokens per clip.
+        batch_size: Clips per forward pass.
 
     Returns:
         One stripped transcript per clip.
     """
+    model.eval()
+    encoder = encoder if encoder is not None else model.model.encoder
+    seconds = encoder.embed_positions.num_embeddings / WHISPER_POSITIONS_PER_SECOND
     texts = []
     for start in range(0, len(waves), batch_size):
-        batch = [wave.numpy() for wave in waves[start:start + batch_size]]
-        features = processor.feature_extractor(batch, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        ids = model.generate(features.to(model.device), max_new_tokens=max_new_tokens)
-        texts += [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
+        mels = whisper_log_mel(waves[start:start + batch_size], processor.feature_extractor, seconds)
+        states = whisper_hidden_states(encoder, mels.to(model.device))[-1]
+        tokens = greedy_decode(model, states, max_new_tokens)
+        texts += [text.strip() for text in processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
     return texts
 
 
 def text_to_digit(text: str) -> int:
-    """The digit a transcript names ("Seven." -> 7, "7" -> 7); -1 when it names none or several."""
-    tokens = re.findall(r"[a-z]+|\d", text.lower())
-    found = {DIGIT_WORDS.index(t) if t in DIGIT_WORDS else int(t) for t in tokens
-             if t in DIGIT_WORDS or t.isdigit() or t == "oh"} if tokens else set()
-    found = {0 if t == "oh" else t for t in found}
+    """The digit a transcript names ("Seven." -> 7, "7" -> 7); -1 when it names none or several.
+
+    A lone spoken digit and its homophones sound the same, so "oh", "won", "to",
+    "too", "for" and "ate" count as the digit they sound like.
+    """
+    names = {word: digit for digit, word in enumerate(DIGIT_WORDS)} | HOMOPHONES
+    found = {names[t] if t in names else int(t) for t in re.findall(r"[a-z]+|\d", text.lower())
+             if t in names or t.isdigit()}
     return found.pop() if len(found) == 1 else -1
 
 
@@ -572,3 +807,37 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
         for j, guess in enumerate(hyp, start=1):
             previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (word != guess))
     return row[-1] / len(ref)
+
+
+# ------------------------------------------------------------------ wav2vec 2.0 (online only)
+
+
+def load_wav2vec2_asr():
+    """wav2vec 2.0 base fine-tuned with CTC on LibriSpeech 960 h, from torchaudio's pipeline.
+
+    The weights are resolved like every other asset (``wav2vec2_asr_base_960h``:
+    the project cache, then download.pytorch.org), so offline this raises
+    :class:`~tlutils.assets.AssetNotFoundError` with the fix instead of a network error.
+
+    Returns:
+        ``(model, labels)``: the ``Wav2Vec2Model`` in eval mode and its CTC alphabet
+        (index 0 is the blank, ``|`` is the word separator).
+    """
+    from torchaudio.pipelines import WAV2VEC2_ASR_BASE_960H as bundle
+
+    folder = resolve("wav2vec2_asr_base_960h").path
+    # torch.hub finds the file already in model_dir and does not download it again.
+    model = bundle.get_model(dl_kwargs={"model_dir": str(folder), "weights_only": True})
+    return model.eval(), bundle.get_labels()
+
+
+def ctc_greedy_decode(emissions: torch.Tensor, labels: Sequence[str], blank: int = 0) -> str:
+    """Best path CTC decoding: argmax per frame, merge repeats, drop blanks.
+
+    Args:
+        emissions: ``frames x len(labels)`` scores of one clip.
+        labels: The CTC alphabet; ``|`` separates words.
+        blank: Index of the blank symbol.
+    """
+    best = torch.unique_consecutive(emissions.argmax(dim=-1)).tolist()
+    return "".join(labels[i] for i in best if i != blank).replace("|", " ").strip()

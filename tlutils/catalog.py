@@ -206,3 +206,20 @@ register(Asset(
     "breastmnist", "dataset", "BreastMNIST (MedMNIST v2): 780 breast ultrasound images, 64 px, malignant vs normal/benign",
     (Mirror("breastmnist"), Cache(), Online(BREASTMNIST_64, fetch=_breastmnist_fetch)),
     fix=ONLINE_ONLY, license="CC BY 4.0"))
+
+# ---------------------------------------------------------------- notebook 09 (speech)
+register(Asset(
+    "real_words", "dataset",
+    "Tux Paint stamp descriptions: real human recordings in about 12 languages (<stamp>_desc_<lang>.ogg)",
+    (Mirror("real_words"),
+     Debian("/usr/share/tuxpaint/stamps", "tuxpaint-stamps-default")),
+    fix="sudo apt-get install tuxpaint-stamps-default  (161 MB of stamps with their recorded descriptions)",
+    license="GPL-2"))
+register(Asset(
+    "wav2vec2_asr_base_960h", "model",
+    "wav2vec 2.0 base fine-tuned for English ASR on LibriSpeech 960 h (torchaudio pipeline, online only)",
+    (Cache(),
+     Online("https://download.pytorch.org/torchaudio/models/wav2vec2_fairseq_base_ls960_asr_ls960.pth",
+            fetch=_files_fetch("https://download.pytorch.org/torchaudio/models/",
+                               ("wav2vec2_fairseq_base_ls960_asr_ls960.pth",)))),
+    fix=ONLINE_ONLY, license="MIT"))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -227,6 +228,148 @@ def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
     history = fit(head, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed, device=device,
                   progress=False)
     return head, history
+
+
+def _accuracy(model: nn.Module, loader, device: torch.device | None) -> float:
+    from tlutils.train import evaluate
+
+    return float(evaluate(model, loader, device)["accuracy"])
+
+
+def finetune_text_classifier(encoder: nn.Module, train_loader, val_loader, num_classes: int, epochs: int = 2,
+                             lr: float = 1e-4, llrd_decay: float | None = None, head_lr: float | None = None,
+                             pooling: str = "mean", weight_decay: float = 0.01, seed: int = 0,
+                             device: torch.device | None = None, progress: bool = True):
+    """Fine-tune an encoder with a new head, all layers at one rate or with layer-wise rate decay.
+
+    Args:
+        encoder: The pre-trained encoder (changed in place).
+        train_loader: Batches from :func:`text_loader` (shuffled).
+        val_loader: Evaluated after every epoch; the best epoch's weights are kept.
+        num_classes: Number of classes.
+        epochs: Passes over the training data.
+        lr: The one learning rate of plain fine-tuning.
+        llrd_decay: With a value in (0, 1], use layer-wise learning-rate decay instead:
+            the head trains at ``head_lr`` and each block below at the rate above times
+            ``llrd_decay`` (:func:`~tlutils.surgery.layerwise_param_groups`).
+        head_lr: The head's rate with ``llrd_decay``.
+        pooling: ``"cls"`` or ``"mean"``.
+        weight_decay: AdamW weight decay.
+        seed: Seeds the new head and the training.
+        device: Defaults to :func:`~tlutils.utils.get_device`.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(model, history)``: the :class:`EncoderClassifier` and its :class:`~tlutils.train.History`.
+    """
+    from tlutils.surgery import layerwise_param_groups
+    from tlutils.train import fit
+    from tlutils.utils import set_seed
+
+    set_seed(seed)
+    model = EncoderClassifier(encoder, num_classes, pooling=pooling)
+    if llrd_decay is None:
+        groups = [{"params": list(model.parameters()), "lr": lr, "weight_decay": weight_decay}]
+    else:
+        if head_lr is None:
+            raise ValueError("layer-wise decay needs head_lr, the learning rate of the head")
+        groups = layerwise_param_groups(model, head_lr=head_lr, decay=llrd_decay, weight_decay=weight_decay)
+    history = fit(model, train_loader, val_loader, epochs=epochs, optimizer=torch.optim.AdamW(groups),
+                  scheduler="linear", seed=seed, device=device, progress=progress)
+    return model, history
+
+
+def compare_text_classifiers(encoder_name: str, train: tuple[Sequence[str], Sequence[int]],
+                             val: tuple[Sequence[str], Sequence[int]], test: tuple[Sequence[str], Sequence[int]],
+                             num_classes: int, max_length: int = 64, batch_size: int = 16, epochs: int = 2,
+                             lr: float = 1e-4, head_lr: float = 1e-3, llrd_decay: float = 0.3,
+                             probe_epochs: int = 100, seed: int = 0, cache_prefix: str | None = None,
+                             device: torch.device | None = None, progress: bool = False):
+    """Run the four classifiers of notebook 07 on one split and tabulate them.
+
+    1. TF-IDF + logistic regression (no pre-training);
+    2. frozen encoder, mean-pooled features, linear head (feature extraction);
+    3. full fine-tuning at one learning rate;
+    4. full fine-tuning with layer-wise learning-rate decay (LLRD).
+
+    Args:
+        encoder_name: Asset name for :func:`~tlutils.models.load_text_encoder`; each
+            fine-tuning run starts from a fresh copy of the pre-trained weights.
+        train, val, test: ``(texts, labels)`` pairs.
+        num_classes: Number of classes.
+        max_length, batch_size, epochs: Tokenisation and fine-tuning sizes.
+        lr: Learning rate of plain fine-tuning.
+        head_lr, llrd_decay: The head's rate and the decay factor per block for LLRD.
+        probe_epochs: Epochs of the linear head on cached features (full batch: cheap).
+        seed: Seeds every random step.
+        cache_prefix: Feature cache names start with this (e.g. ``"07_bbc"``); ``None`` disables caching.
+        device: Defaults to :func:`~tlutils.utils.get_device`.
+        progress: Show progress bars.
+
+    Returns:
+        A pandas DataFrame with one row per method: ``trainable params``, ``seconds``
+        (training; for the frozen encoder, extracting the training vectors plus the head,
+        near zero for the extraction when cached) and ``test accuracy``.
+    """
+    import time
+
+    import pandas as pd
+
+    from tlutils.features import feature_loader
+    from tlutils.models import load_text_encoder
+    from tlutils.surgery import trainable_parameter_count
+
+    rows = []
+    start = time.perf_counter()
+    baseline = fit_tfidf_logreg(train[0], train[1], seed=seed)
+    rows.append({"method": "TF-IDF + logistic regression", "trainable params": baseline[-1].coef_.size
+                 + baseline[-1].intercept_.size, "seconds": time.perf_counter() - start,
+                 "test accuracy": float(baseline.score(list(test[0]), np.asarray(test[1])))})
+
+    tokenizer, encoder = load_text_encoder(encoder_name)
+    names = (f"{cache_prefix}_train", f"{cache_prefix}_test") if cache_prefix else (None, None)
+    start = time.perf_counter()  # training cost: extracting the training vectors, then the head
+    train_features = pooled_features(encoder, tokenizer, train[0], train[1], "mean", max_length,
+                                     cache_name=names[0], device=device, progress=progress)
+    head, _ = train_linear_probe(*train_features, num_classes, epochs=probe_epochs, batch_size=len(train[0]),
+                                 seed=seed, device=device)
+    seconds = time.perf_counter() - start
+    test_features = pooled_features(encoder, tokenizer, test[0], test[1], "mean", max_length,
+                                    cache_name=names[1], device=device, progress=progress)
+    rows.append({"method": "frozen encoder + linear head", "trainable params": trainable_parameter_count(head),
+                 "seconds": seconds,
+                 "test accuracy": _accuracy(head, feature_loader(*test_features, batch_size=256), device)})
+
+    train_loader = text_loader(train[0], train[1], tokenizer, max_length, batch_size, shuffle=True, seed=seed)
+    val_loader = text_loader(val[0], val[1], tokenizer, max_length, 64)
+    test_loader = text_loader(test[0], test[1], tokenizer, max_length, 64)
+    for method, decay in (("full fine-tuning", None), ("fine-tuning with LLRD", llrd_decay)):
+        _, encoder = load_text_encoder(encoder_name)
+        model, history = finetune_text_classifier(encoder, train_loader, val_loader, num_classes, epochs, lr=lr,
+                                                  llrd_decay=decay, head_lr=head_lr, seed=seed, device=device,
+                                                  progress=progress)
+        rows.append({"method": method, "trainable params": trainable_parameter_count(model),
+                     "seconds": history.seconds, "test accuracy": _accuracy(model, test_loader, device)})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def plot_method_comparison(table, metric: str = "test accuracy", title: str = ""):
+    """Two bar panels per method: ``metric`` and training seconds; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
+    colors = plt.cm.tab10(np.arange(len(table)))
+    for ax, column in ((left, metric), (right, "seconds")):
+        bars = ax.barh(list(table.index)[::-1], table[column].to_numpy()[::-1], color=colors[::-1])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=2)
+        ax.set(xlabel=column)
+        ax.margins(x=0.18)
+    right.set_yticks([])
+    low = float(table[metric].min())
+    left.set_xlim(max(0.0, low - 0.15), 1.0)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 # ------------------------------------------------------------------ extractive question answering
@@ -684,6 +827,10 @@ def generate_texts(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max
     options = {"do_sample": False} if strategy == "greedy" else {
         "do_sample": True, "temperature": temperature, "top_p": top_p if strategy == "top_p" else 1.0, "top_k": 0}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop_ids = [tokenizer.eos_token_id]
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if stop_at_newline and len(newline) == 1:  # end a sequence as soon as it writes a line break
+        stop_ids.append(newline[0])
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     torch.manual_seed(seed)
     outputs = []
@@ -691,7 +838,8 @@ def generate_texts(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max
         for first in range(0, len(prompts), batch_size):
             batch = tokenizer(list(prompts[first:first + batch_size]), return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
-            new = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **options)
+            new = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stop_ids,
+                                 **options)
             outputs += tokenizer.batch_decode(new[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
@@ -739,6 +887,34 @@ def shuffle_words(text: str, seed: int = 0) -> str:
     return " ".join(words[i] for i in order)
 
 
+@torch.no_grad()
+def next_token_probs(model: nn.Module, tokenizer: Any, prompt: str, temperature: float = 1.0,
+                     device: torch.device | None = None) -> torch.Tensor:
+    """The model's distribution over the next token after ``prompt``, as ``softmax(logits / temperature)``."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    device = device or get_device()
+    model.eval().to(device)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    return (model(input_ids=ids).logits[0, -1].float() / temperature).softmax(-1).cpu()
+
+
+@torch.no_grad()
+def target_loss(model: nn.Module, loader, device: torch.device | None = None) -> float:
+    """Mean next-token loss over the labelled (target) tokens of a causal-LM loader, pooled over tokens."""
+    device = device or get_device()
+    model.eval().to(device)
+    total, count = 0.0, 0
+    for batch in loader:
+        labels = batch["labels"].to(device)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        total, count = total + float(causal_lm_loss(logits, labels)) * n, count + n
+    if count == 0:
+        raise ValueError("the loader has no labelled tokens")
+    return total / count
+
+
 def add_lora(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.05,
              target_modules: Sequence[str] = ("q_proj", "v_proj")) -> nn.Module:
     """Wrap a causal LM with LoRA adapters (peft): frozen weights plus trainable low-rank updates.
@@ -769,7 +945,9 @@ def add_lora(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.0
                          f"{sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear))[:4]}")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers method deprecated in 5.x; harmless
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def unfreeze_last_decoder_blocks(model: nn.Module, k: int) -> nn.Module:
@@ -832,3 +1010,58 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[
     return {"rouge1": float(np.mean([rouge_n(p, r, 1) for p, r in pairs])),
             "rouge2": float(np.mean([rouge_n(p, r, 2) for p, r in pairs])),
             "rougeL": float(np.mean([rouge_l(p, r) for p, r in pairs]))}
+
+
+# ------------------------------------------------------------------ attention masks of the pre-training objectives
+
+
+def bidirectional_mask(n: int) -> torch.Tensor:
+    """BERT / RoBERTa: every token may attend to every token (``n x n`` of True)."""
+    return torch.ones(n, n, dtype=torch.bool)
+
+
+def causal_mask(n: int) -> torch.Tensor:
+    """GPT / Llama: token i may attend to tokens 0..i only (lower triangle)."""
+    return torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def permutation_mask(order: Sequence[int], content_stream: bool = False) -> torch.Tensor:
+    """XLNet's permutation language modelling: who may attend to whom for one factorisation order.
+
+    XLNet predicts the tokens in the order ``order`` (a permutation of positions); the
+    token at position i may use the tokens that come *before* it in that order, wherever
+    they sit in the text. The query stream (which predicts i) must not see token i itself;
+    the content stream (which feeds later predictions) may.
+
+    Args:
+        order: A permutation of ``range(n)``: ``order[k]`` is the position predicted k-th.
+        content_stream: Include the diagonal (a token sees its own content).
+
+    Returns:
+        ``n x n`` booleans, True where row i may attend to column j. XLNet's own
+        ``perm_mask`` argument is the opposite: 1 where attention is *forbidden*.
+    """
+    order = [int(i) for i in order]
+    n = len(order)
+    if sorted(order) != list(range(n)):
+        raise ValueError(f"order must be a permutation of 0..{n - 1}, got {order}")
+    rank = torch.empty(n, dtype=torch.long)
+    rank[torch.tensor(order)] = torch.arange(n)
+    allowed = rank[None, :] < rank[:, None]
+    return allowed | torch.eye(n, dtype=torch.bool) if content_stream else allowed
+
+
+def plot_attention_masks(masks: dict[str, torch.Tensor], tokens: Sequence[str] | None = None):
+    """Side-by-side heat maps of attention masks (rows attend to columns); returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(masks), figsize=(3.3 * len(masks), 3.4), squeeze=False)
+    for ax, (title, mask) in zip(axes[0], masks.items()):
+        ax.imshow(mask.float().numpy(), cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=9)
+        ax.set(xlabel="attends to (key)", ylabel="token (query)")
+        if tokens is not None:
+            ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    fig.tight_layout()
+    return fig

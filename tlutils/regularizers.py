@@ -329,3 +329,65 @@ def fit_joint(model: TwoHeadNet, source_loader, target_loader, lam: float, *, ep
         row["seconds"] = time.perf_counter() - start
         history.epochs.append(row)
     return history
+
+
+PENALTY_KINDS = ("none", "l2", "l2_sp")
+
+
+def make_penalty(kind: str, model: nn.Module, reference: dict[str, torch.Tensor] | None = None,
+                 alpha: float = 0.0, beta: float | None = None) -> Callable[[], torch.Tensor]:
+    """A penalty function for :class:`PenalizedLoss`, chosen by name.
+
+    Args:
+        kind: ``"none"``, ``"l2"`` (pull every weight towards zero) or ``"l2_sp"``
+            (pull the body towards ``reference``, the head towards zero).
+        model: The network being trained.
+        reference: The starting point (needed for ``"l2_sp"``).
+        alpha: Strength of the pull.
+        beta: Head weight decay for ``"l2_sp"``; default ``alpha``, so that L2 and L2-SP
+            differ only in where they pull the body.
+
+    Returns:
+        A function without arguments that returns the penalty as a scalar tensor.
+    """
+    if kind not in PENALTY_KINDS:
+        raise ValueError(f"unknown penalty {kind!r}; choose one of {PENALTY_KINDS}")
+    _check_strength("alpha", alpha)
+    if kind == "none":
+        return lambda: torch.zeros(())
+    if kind == "l2":
+        return lambda: l2_penalty(model, alpha)
+    if reference is None:
+        raise ValueError("the l2_sp penalty needs reference=snapshot_weights(model), taken before training")
+    return lambda: l2_sp_penalty(model, reference, alpha, alpha if beta is None else beta)
+
+
+def plot_lambda_sweep(lambdas: Sequence[float], source_accuracy: Sequence[float],
+                      target_accuracy: Sequence[float], highlight: float | None = None, title: str = ""):
+    """Source and target accuracy against the target weight ``lambda`` (symmetric-log x axis).
+
+    Args:
+        lambdas: The swept values (0 allowed).
+        source_accuracy, target_accuracy: One accuracy per lambda.
+        highlight: A lambda to mark with a vertical line (e.g. the slider's value).
+        title: Figure title.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if not len(lambdas) == len(source_accuracy) == len(target_accuracy):
+        raise ValueError("lambdas, source_accuracy and target_accuracy need one value each per run")
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.plot(lambdas, source_accuracy, "o-", label="source task (Fashion-MNIST)")
+    ax.plot(lambdas, target_accuracy, "s-", label="target task (MNIST)")
+    if highlight is not None:
+        ax.axvline(highlight, color="grey", linestyle="--", label=f"lambda = {highlight:g}")
+    positive = [lam for lam in lambdas if lam > 0] or [1.0]
+    ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set(xlabel="lambda (weight of the target loss)", ylabel="test accuracy", ylim=(0, 1),
+           title=title or "L_total = L_source + lambda * L_target")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -311,16 +311,74 @@ def trainable_parameters_per_block(model: nn.Module) -> list[dict]:
     return rows
 
 
-def plot_trainable_blocks(model: nn.Module, title: str = ""):
-    """Bars of parameters per block (log scale), trainable ones coloured, frozen ones grey."""
+def plot_trainable_blocks(model: nn.Module, title: str = "", ax=None):
+    """Bars of parameters per block (log scale), trainable ones coloured, frozen ones grey.
+
+    Args:
+        model: A network with body blocks and a head.
+        title: Axes title.
+        ax: Draw into these axes; default a new figure.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     rows = trainable_parameters_per_block(model)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.36 * len(rows) + 1.5), 3.0))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(5.0, 0.36 * len(rows) + 1.5), 3.0))
     colours = ["tab:orange" if row["trainable"] else "lightgrey" for row in rows]
     ax.bar(range(len(rows)), [row["params"] for row in rows], color=colours)
     ax.set_xticks(range(len(rows)), [row["block"].split(".")[-1] for row in rows], fontsize=7)
     ax.set(yscale="log", xlabel="block (input side first, head last)", ylabel="parameters",
            title=title or "trainable (orange) and frozen (grey) blocks")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def accuracy_standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` examples: ``sqrt(p (1 - p) / n)``."""
+    if n < 1 or not 0 <= accuracy <= 1:
+        raise ValueError(f"need n >= 1 and an accuracy in [0, 1], got n={n}, accuracy={accuracy}")
+    return float(np.sqrt(accuracy * (1 - accuracy) / n))
+
+
+def _short_number(value: float) -> str:
+    """1234567 -> '1.23M', 12810 -> '12.8k', 0.8123 -> '0.812', 45.04 -> '45'."""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:.1f}k"
+    return f"{value:.3f}" if abs(value) < 1 else f"{value:.3g}"
+
+
+def plot_strategy_table(table, test_size: int, title: str = ""):
+    """Three panels per strategy: test accuracy (with one standard error), wall time, trainable parameters.
+
+    Args:
+        table: A pandas DataFrame of :func:`strategy_summary` rows.
+        test_size: Number of test examples (for the error bars).
+        title: Figure title.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(table["strategy"])
+    errors = [accuracy_standard_error(a, test_size) for a in table["test_accuracy"]]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = ((table["test_accuracy"], "test accuracy", "linear"), (table["seconds"], "wall time (s)", "linear"),
+              (table["trainable_params"], "trainable parameters", "log"))
+    for ax, (values, label, scale) in zip(axes, panels):
+        bars = ax.bar(names, values, yerr=errors if label == "test accuracy" else None, capsize=3,
+                      color="tab:blue" if label == "test accuracy" else "tab:grey")
+        ax.bar_label(bars, labels=[_short_number(value) for value in values], fontsize=7, padding=2)
+        ax.set(ylabel=label, yscale=scale)
+        ax.tick_params(axis="x", rotation=60, labelsize=8)
+    low = min(table["test_accuracy"]) - 3 * max(errors)
+    axes[0].set_ylim(max(0.0, low), min(1.0, max(table["test_accuracy"]) + 3 * max(errors)))
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

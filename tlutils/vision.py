@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from tlutils.assets import resolve
 from tlutils.data import IMAGENET_MEAN, IMAGENET_STD
+from tlutils.surgery import set_train_mode
 from tlutils.train import History
 from tlutils.utils import set_seed
 
@@ -153,21 +154,40 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target_layer: nn.Module,
     return ((cam - low) / (high - low).clamp_min(1e-8)).detach().cpu()
 
 
-def pointing_game(heatmaps: torch.Tensor, masks: np.ndarray) -> float:
-    """Share of images whose heat-map maximum falls inside the object's mask.
+def pointing_game(heatmaps: torch.Tensor, masks: np.ndarray, tolerance: float = 0.0) -> float:
+    """Share of images whose heat-map maximum falls on the object (Zhang et al.'s "pointing game").
 
     Args:
         heatmaps: ``N x H x W`` maps, e.g. from :func:`grad_cam`.
         masks: ``N x H x W`` boolean masks of where the evidence really is.
+        tolerance: A peak up to this many pixels outside the mask still counts
+            (coarse maps cannot point more precisely than their cell size).
 
     Returns:
-        The hit rate in [0, 1] (Zhang et al.'s "pointing game").
+        The hit rate in [0, 1].
     """
+    from scipy.ndimage import distance_transform_edt
+
     heatmaps, masks = np.asarray(heatmaps), np.asarray(masks).astype(bool)
     if heatmaps.shape != masks.shape:
         raise ValueError(f"heatmaps {heatmaps.shape} and masks {masks.shape} must have the same shape")
+    if not masks.reshape(len(masks), -1).any(1).all():
+        raise ValueError("every mask needs at least one pixel: pass only images that contain the object")
+    targets = np.stack([distance_transform_edt(~mask) <= tolerance for mask in masks])
     peaks = heatmaps.reshape(len(heatmaps), -1).argmax(1)
-    return float(masks.reshape(len(masks), -1)[np.arange(len(masks)), peaks].mean())
+    return float(targets.reshape(len(targets), -1)[np.arange(len(targets)), peaks].mean())
+
+
+def pointing_chance(masks: np.ndarray, tolerance: float = 0.0) -> float:
+    """The pointing-game score of a heat map whose peak lands at a uniformly random pixel.
+
+    It is the mean share of the image within ``tolerance`` pixels of the mask: the
+    baseline that :func:`pointing_game` must beat for a map to mean anything.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    masks = np.asarray(masks).astype(bool)
+    return float(np.mean([(distance_transform_edt(~mask) <= tolerance).mean() for mask in masks]))
 
 
 def show_heatmaps(images: Sequence[np.ndarray], heatmaps: torch.Tensor, titles: Sequence[str] | None = None,
@@ -431,8 +451,8 @@ def load_tree_tiles(names: Sequence[str] | None = None) -> list[TreeTile]:
 
 
 def crop_tiles(tiles: Sequence[TreeTile], crop: int, min_visible: float = 0.6,
-               min_boxes: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Cut tiles into non-overlapping ``crop x crop`` windows and clip their boxes.
+               min_boxes: int = 1, stride: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Cut tiles into ``crop x crop`` windows and clip their boxes.
 
     Args:
         tiles: The tiles.
@@ -440,15 +460,18 @@ def crop_tiles(tiles: Sequence[TreeTile], crop: int, min_visible: float = 0.6,
         min_visible: Keep a clipped box only if at least this share of its area lies
             inside the window.
         min_boxes: Drop windows with fewer boxes than this.
+        stride: Step between windows; ``None`` (= ``crop``) gives non-overlapping
+            windows, ``crop // 2`` about four times as many overlapping ones.
 
     Returns:
         ``(images, boxes)``: lists of ``crop x crop x 3`` arrays and ``K x 4`` arrays.
     """
+    stride = stride or crop
     images, boxes = [], []
     for tile in tiles:
         height, width = tile.image.shape[:2]
-        for top in range(0, height - crop + 1, crop):
-            for left in range(0, width - crop + 1, crop):
+        for top in range(0, height - crop + 1, stride):
+            for left in range(0, width - crop + 1, stride):
                 window = np.array([left, top, left + crop, top + crop], np.float32)
                 kept = _clip_boxes(tile.boxes, window, min_visible)
                 if len(kept) >= min_boxes:
@@ -502,7 +525,7 @@ def _out_channels(body: nn.Module) -> int:
 def build_mobilenet_faster_rcnn(num_classes: int = 2, pretrained: bool = True, blocks: int = 14,
                                 image_size: int = 256, anchor_sizes: Sequence[int] = (16, 32, 64, 128),
                                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), representation: int = 256,
-                                rois_per_image: int = 128, detections_per_image: int = 100) -> nn.Module:
+                                rois_per_image: int = 64, detections_per_image: int = 100) -> nn.Module:
     """A Faster R-CNN detector whose backbone is the ImageNet MobileNetV2.
 
     Two stages, as in Ren et al. (2015): a region proposal network slides over the
@@ -534,7 +557,7 @@ def build_mobilenet_faster_rcnn(num_classes: int = 2, pretrained: bool = True, b
         raise ValueError(f"num_classes counts the background too, so it must be at least 2, got {num_classes}")
     backbone = mobilenet_v2_backbone(pretrained, blocks)
     anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
-    roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=1)
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, representation)
     return FasterRCNN(backbone, min_size=image_size, max_size=image_size,
                       image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
@@ -563,7 +586,8 @@ def train_detector(model: nn.Module, images: Sequence[np.ndarray], boxes: Sequen
 
     Each step sums the four Faster R-CNN losses (RPN objectness and box regression,
     box-head classification and regression). Random horizontal and vertical flips
-    (aerial images have no "up") augment the data when ``flip`` is set.
+    (aerial images have no "up") augment the data when ``flip`` is set. Frozen
+    BatchNorm layers stay in eval mode (:func:`tlutils.surgery.set_train_mode`).
 
     Args:
         model: E.g. from :func:`build_mobilenet_faster_rcnn`.
@@ -590,36 +614,42 @@ def train_detector(model: nn.Module, images: Sequence[np.ndarray], boxes: Sequen
     device = device or get_device()
     set_seed(seed)
     rng = np.random.default_rng(seed)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    model.to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
     steps = epochs * int(np.ceil(len(images) / batch_size))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history = History()
     with tqdm(total=steps, desc="training detector", disable=not progress, leave=False) as bar:
         for epoch in range(1, epochs + 1):
-            start, sums, count = time.perf_counter(), {}, 0
-            order = rng.permutation(len(images))
-            for first in range(0, len(order), batch_size):
-                batch = [_flip_example(images[i], boxes[i], rng) if flip else (images[i], boxes[i])
-                         for i in order[first:first + batch_size]]
-                inputs, targets = _detection_batch([b[0] for b in batch], [b[1] for b in batch], device)
-                losses = model(inputs, targets)
-                loss = sum(losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value.item() * len(batch)
-                count += len(batch)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                   "train_loss": sum(sums.values()) / count, **{k: v / count for k, v in sums.items()},
-                   "seconds": time.perf_counter() - start}
-            history.epochs.append(row)
+            start = time.perf_counter()
+            set_train_mode(model)  # frozen BatchNorm layers keep their ImageNet statistics
+            losses = _detector_epoch(model, images, boxes, optimizer, scheduler, batch_size, rng, flip, device, bar)
+            history.epochs.append({"epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                                   "train_loss": sum(losses.values()), **losses,
+                                   "seconds": time.perf_counter() - start})
     return history
+
+
+def _detector_epoch(model, images, boxes, optimizer, scheduler, batch_size, rng, flip, device, bar) -> dict:
+    """One shuffled pass; returns each loss component averaged over the images."""
+    sums, count = {}, 0
+    order = rng.permutation(len(images))
+    for first in range(0, len(order), batch_size):
+        batch = [_flip_example(images[i], boxes[i], rng) if flip else (images[i], boxes[i])
+                 for i in order[first:first + batch_size]]
+        inputs, targets = _detection_batch([b[0] for b in batch], [b[1] for b in batch], device)
+        losses = model(inputs, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + value.item() * len(batch)
+        count += len(batch)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return {name: total / count for name, total in sums.items()}
 
 
 def _flip_example(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -746,8 +776,12 @@ def _area_under_pr(recall: np.ndarray, precision: np.ndarray) -> float:
 
 
 def show_detections(images: Sequence[np.ndarray], predictions: Sequence[dict], true_boxes: Sequence[np.ndarray],
-                    score_threshold: float = 0.5, titles: Sequence[str] | None = None, size: float = 3.2):
-    """Images with true boxes (white, dashed) and predicted boxes (coloured by score); returns the figure."""
+                    score_threshold: float = 0.5, titles: Sequence[str] | None = None, size: float = 2.6):
+    """Images with true boxes (white, dashed) and predicted boxes; returns the figure.
+
+    Predicted boxes scoring at least ``score_threshold`` are drawn in red when
+    confident, shading to yellow towards the threshold.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -794,8 +828,6 @@ def make_composite_scenes(objects: np.ndarray, backgrounds: Sequence[np.ndarray]
     Returns:
         ``(images, masks)``: ``n x size x size x 3`` ``uint8`` and ``n x size x size`` ``uint8`` (0/1).
     """
-    from PIL import Image
-
     if any(bg.shape[0] < size or bg.shape[1] < size for bg in backgrounds):
         raise ValueError(f"every background must be at least {size} x {size} pixels")
     rng = np.random.default_rng(seed)
@@ -807,17 +839,24 @@ def make_composite_scenes(objects: np.ndarray, backgrounds: Sequence[np.ndarray]
         scene = background[y:y + size, x:x + size].astype(np.float32)
         for _ in range(rng.integers(objects_per_image[0], objects_per_image[1] + 1)):
             side = int(rng.integers(object_size[0], object_size[1] + 1))
-            item = Image.fromarray(objects[rng.integers(len(objects))]).resize((side, side), Image.BILINEAR)
-            alpha = np.asarray(item, np.float32) / 255
-            top, left = rng.integers(0, size - side + 1, size=2)
-            colour = rng.uniform(0.25, 1.0, size=3) * 255
-            region = scene[top:top + side, left:left + side]
-            shaded = alpha[..., None] * colour  # the item's own shading, in a random colour
-            opacity = np.clip(alpha * 2.5, 0, 1)[..., None]  # faint edges blend, the body is opaque
-            region[:] = region * (1 - opacity) + shaded * opacity
-            masks[i, top:top + side, left:left + side] |= (np.asarray(item) > mask_threshold).astype(np.uint8)
+            _paste_object(scene, masks[i], objects[rng.integers(len(objects))], side, mask_threshold, rng)
         images[i] = np.clip(scene, 0, 255).astype(np.uint8)
     return images, masks
+
+
+def _paste_object(scene: np.ndarray, mask: np.ndarray, item: np.ndarray, side: int, mask_threshold: int,
+                  rng: np.random.Generator) -> None:
+    """Paste one grey item, resized to ``side`` px and tinted, at a random place (in place)."""
+    from PIL import Image
+
+    item = np.asarray(Image.fromarray(item).resize((side, side), Image.BILINEAR))
+    alpha = item.astype(np.float32) / 255
+    top, left = rng.integers(0, scene.shape[0] - side + 1, size=2)
+    colour = rng.uniform(0.25, 1.0, size=3) * 255
+    region = scene[top:top + side, left:left + side]
+    opacity = np.clip(alpha * 2.5, 0, 1)[..., None]  # faint edges blend in, the body is opaque
+    region[:] = region * (1 - opacity) + alpha[..., None] * colour * opacity  # own shading, random colour
+    mask[top:top + side, left:left + side] |= (item > mask_threshold).astype(np.uint8)
 
 
 # ================================================================== segmentation: model
@@ -975,3 +1014,41 @@ def show_masks(images: Sequence[np.ndarray], true_masks: Sequence[np.ndarray],
         axes[r, 0].set_ylabel(label, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ================================================================== BatchNorm statistics
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device | None = None) -> nn.Module:
+    """Re-estimate every BatchNorm layer's running mean and variance on ``loader``.
+
+    During a short training run the weights move faster than the running averages
+    (momentum 0.1) can follow, so in eval mode a network trained from scratch can
+    normalise with stale statistics and collapse to one class. One pass over
+    training data with a cumulative average fixes the statistics without changing
+    any weight. Pre-trained networks suffer much less: their weights move little.
+
+    Args:
+        model: Any network with BatchNorm layers.
+        loader: Yields ``(inputs, targets)`` batches of training data (no augmentation needed).
+        device: Where to run (``tlutils.utils.get_device()`` if ``None``).
+
+    Returns:
+        The model, in eval mode.
+    """
+    from tlutils.utils import get_device
+
+    device = device or get_device()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in norms]
+    model.to(device).eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all batches
+        norm.train()
+    for inputs, _ in loader:
+        model(inputs.to(device))
+    for norm, (momentum, _) in zip(norms, saved):
+        norm.momentum = momentum
+    return model.eval()
