@@ -2,9 +2,9 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from tlutils import nlp
 from tlutils.surgery import head_name, layerwise_param_groups, model_blocks, trainable_parameter_count
@@ -155,8 +155,7 @@ def test_span_model_learns_and_predicts_context_spans():
     set_seed(0)
     model = nlp.SpanQAModel(tiny_bert(tokenizer.vocab_size))
     assert head_name(model) == "qa_outputs"
-    loader = DataLoader(dataset, batch_size=4, shuffle=True, collate_fn=dataset.collate,
-                        generator=torch.Generator().manual_seed(0))
+    loader = dataset.loader(batch_size=4, shuffle=True, seed=0)
     history = fit(model, loader, epochs=15, lr=3e-3, loss_fn=nlp.span_loss, seed=0, progress=False,
                   device=torch.device("cpu"))
     assert history.train_loss[-1] < 0.5 * history.train_loss[0]
@@ -250,7 +249,7 @@ def test_last_blocks_training_and_generation():
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(name.startswith(("model.layers.2.", "model.norm.")) for name in trainable)
     assert not model.model.embed_tokens.weight.requires_grad
-    loader = nlp.lm_loader(headline_data(tokenizer), batch_size=4, shuffle=True, seed=0)
+    loader = nlp.lm_loader(headline_data(tokenizer), batch_size=4, shuffle=True, seed=0, group_by_length=True)
     history = fit(model, loader, epochs=8, lr=1e-2, loss_fn=nlp.causal_lm_loss, seed=0, progress=False,
                   device=torch.device("cpu"))
     assert history.train_loss[-1] < history.train_loss[0]
@@ -326,3 +325,20 @@ def test_next_token_probs_and_target_loss():
     loader = nlp.lm_loader(headline_data(tokenizer), batch_size=4)
     assert nlp.target_loss(model, loader, device=torch.device("cpu")) == pytest.approx(
         math.log(tokenizer.vocab_size), rel=0.2)  # an untrained model is close to uniform
+
+
+def test_length_grouped_batches_cover_everything_with_less_padding():
+    lengths = np.random.default_rng(0).integers(3, 60, size=200)
+    sampler = nlp.LengthGroupedBatchSampler(lengths, batch_size=8, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 25
+    assert sorted(i for batch in batches for i in batch) == list(range(200))
+    padded = np.mean([lengths[b].max() for b in batches])
+    random_padded = np.mean([lengths[i:i + 8].max() for i in range(0, 200, 8)])
+    assert padded < 0.8 * random_padded
+    assert batches == list(nlp.LengthGroupedBatchSampler(lengths, batch_size=8, seed=0))  # seeded
+    assert batches != list(sampler)  # a new order every epoch
+    tokenizer = word_tokenizer()
+    loader = nlp.text_loader(["good film"] * 5 + ["the plot was bad"] * 5, [1] * 5 + [0] * 5, tokenizer,
+                             batch_size=5, shuffle=True, seed=0, group_by_length=True)
+    assert sorted(batch["input_ids"].shape[1] for batch in loader) == [4, 6]  # no mixed-length batch

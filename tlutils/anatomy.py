@@ -198,7 +198,7 @@ def plot_activation_maps(activations: dict[str, dict[int, torch.Tensor]], channe
     titles = list(activations)
     depths = sorted(activations[titles[0]])
     fig, axes = plt.subplots(len(depths), channels * len(titles), squeeze=False,
-                             figsize=(1.15 * channels * len(titles), 1.25 * len(depths) + 0.3))
+                             figsize=(0.95 * channels * len(titles), 1.05 * len(depths) + 0.3))
     for row, depth in enumerate(depths):
         for group, title in enumerate(titles):
             maps = activations[title][depth]

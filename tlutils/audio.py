@@ -242,6 +242,7 @@ def whisper_hidden_states(encoder: nn.Module, mels: torch.Tensor) -> list[torch.
                          f"got {tuple(mels.shape)}; use whisper_log_mel(..., seconds={positions / 50:g})")
     hidden = nn.functional.gelu(encoder.conv1(mels))
     hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1) + encoder.embed_positions.weight
+    hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=encoder.training)
     states = [hidden]
     for layer in encoder.layers:
         hidden = layer(hidden, None)
@@ -258,12 +259,12 @@ class WhisperFeatures(nn.Module):
     the layer that suits its task (content lives higher up, voice lower down).
 
     Args:
-        encoder: A (truncated) Whisper encoder; it is used as is, in eval mode.
+        encoder: A (truncated) Whisper encoder; it is switched to eval mode and run without gradients.
     """
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
-        self.encoder = encoder.eval().requires_grad_(False)
+        self.encoder = encoder.eval()
 
     @property
     def num_layers(self) -> int:
@@ -362,7 +363,7 @@ def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes
     from tlutils.utils import set_seed
 
     set_seed(seed)
-    probe = LinearProbe(features.mean(dim=0), features.std(dim=0), num_classes)
+    probe = LinearProbe(features.mean(dim=0), features.std(dim=0, correction=0), num_classes)
     loader = feature_loader(features, labels, min(batch_size, len(labels)), shuffle=True, seed=seed)
     history = fit(probe, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, device=device, progress=False)
     return probe.eval(), history
@@ -380,8 +381,8 @@ class SmallAudioCNN(nn.Module):
     """A small CNN trained from scratch on log-mel spectrograms (the no-transfer baseline).
 
     The mel bands are the input channels and the convolutions slide over time
-    (a *temporal* CNN): on short keyword-like clips this learns faster and runs
-    several times cheaper than treating the spectrogram as an image. Each block is
+    (a *temporal* CNN): on FSDD it learned faster and ran cheaper than a 2-D CNN
+    that treats the spectrogram as an image. Each block is
     conv - BatchNorm - ReLU - 2x max-pool; average pooling over time and a linear
     ``head`` follow. Every spectrogram is standardised inside the model.
 
