@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.helpers import TinyNet, toy_loader
-from tlutils.features import extract_features, feature_loader
+from tlutils.features import LinearProbe, extract_features, feature_loader, train_linear_probe
 from tlutils.train import fit
 
 
@@ -54,3 +54,20 @@ def test_head_trains_on_cached_features(temp_cache):
     history = fit(head, feature_loader(features, labels, 16, shuffle=True, seed=0), epochs=5, lr=0.05,
                   seed=0, progress=False)
     assert history.train_loss[-1] < history.train_loss[0]
+
+
+def test_linear_probe_standardises_learns_and_repeats():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    # class information in a feature 1000x larger than the others: standardising makes the scale irrelevant
+    features = torch.randn(60, 8, generator=generator)
+    features[:, 0] = 1000.0 * labels + 100.0 * torch.randn(60, generator=generator)
+    probe, history = train_linear_probe(features, labels, num_classes=3, epochs=100, device="cpu")
+    assert isinstance(probe, LinearProbe) and not probe.training
+    assert [name for name, _ in probe.named_parameters()] == ["head.weight", "head.bias"]  # statistics are buffers
+    assert (probe(features).argmax(1) == labels).float().mean() > 0.9
+    assert history.train_loss[-1] < history.train_loss[0]
+    again, _ = train_linear_probe(features, labels, num_classes=3, epochs=100, device="cpu")
+    assert torch.equal(probe.head.weight, again.head.weight)  # seeded
+    with pytest.raises(ValueError, match="N x D features and N labels"):
+        train_linear_probe(features, labels[:10], num_classes=3)

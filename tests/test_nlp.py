@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tlutils import nlp
+from tlutils.features import train_linear_probe
 from tlutils.surgery import head_name, layerwise_param_groups, model_blocks, trainable_parameter_count
 from tlutils.train import fit
 from tlutils.utils import set_seed
@@ -93,8 +94,8 @@ def test_pooled_features_are_cached_and_probe_trains(temp_cache):
     again = nlp.pooled_features(encoder, tokenizer, texts, labels, "mean", cache_name="test_nlp", progress=False,
                                 device=torch.device("cpu"))
     assert torch.equal(first[0], again[0])
-    head, history = nlp.train_linear_probe(first[0], first[1], num_classes=2, epochs=5, device=torch.device("cpu"))
-    assert head.weight.shape == (2, 32) and history.train_loss[-1] < history.train_loss[0]
+    probe, history = train_linear_probe(first[0], first[1], num_classes=2, epochs=5, device=torch.device("cpu"))
+    assert probe.head.weight.shape == (2, 32) and history.train_loss[-1] < history.train_loss[0]
 
 
 def test_tfidf_baseline_fits_and_checks_its_input():

@@ -12,11 +12,11 @@ wraps three ways of turning a clip into a vector:
   to tell voices apart;
 * a **small CNN from scratch** on log-mels (:func:`train_scratch_cnn`), the baseline.
 
-Around them: linear probes on cached features (:func:`train_linear_probe`),
-nearest-prototype speaker enrolment (:func:`enrolment_accuracy`), real
+Around them: nearest-prototype speaker enrolment (:func:`enrolment_accuracy`), real
 multilingual recordings (:func:`load_spoken_words`, :func:`load_digit_names`),
 zero-shot transcription (:func:`whisper_transcribe`) and wav2vec 2.0 when online
-(:func:`load_wav2vec2_asr`).
+(:func:`load_wav2vec2_asr`). Linear probes on the cached features are
+:func:`tlutils.features.train_linear_probe`.
 
 Example:
     >>> waves, lengths = load_clips(load_fsdd("test")["path"], seconds=1.0)
@@ -326,47 +326,6 @@ class WhisperClassifier(nn.Module):
     def forward(self, mels: torch.Tensor) -> torch.Tensor:
         """``N x 80 x frames`` log-mels -> ``N x num_classes`` logits."""
         return self.head(whisper_hidden_states(self.encoder, mels)[-1].mean(dim=1))
-
-
-# ------------------------------------------------------------------ linear probes on frozen features
-
-
-class LinearProbe(nn.Module):
-    """Standardise features with fixed training statistics, then one linear ``head``.
-
-    Args:
-        mean, std: Per-feature statistics of the training features (kept as buffers).
-        num_classes: Outputs of the head.
-    """
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_classes: int):
-        super().__init__()
-        self.register_buffer("mean", mean.float())
-        self.register_buffer("std", std.float().clamp_min(1e-5))
-        self.head = nn.Linear(len(mean), num_classes)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``N x D`` features -> ``N x num_classes`` logits."""
-        return self.head((features - self.mean) / self.std)
-
-
-def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 60,
-                       lr: float = 1e-2, weight_decay: float = 1e-2, batch_size: int = 32, seed: int = 0,
-                       device: torch.device | str = "cpu") -> tuple[LinearProbe, "History"]:
-    """Train a :class:`LinearProbe` on cached features with :func:`~tlutils.train.fit` (seconds on a CPU).
-
-    Returns:
-        ``(probe, history)``; the probe is in eval mode.
-    """
-    from tlutils.features import feature_loader
-    from tlutils.train import fit
-    from tlutils.utils import set_seed
-
-    set_seed(seed)
-    probe = LinearProbe(features.mean(dim=0), features.std(dim=0, correction=0), num_classes)
-    loader = feature_loader(features, labels, min(batch_size, len(labels)), shuffle=True, seed=seed)
-    history = fit(probe, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, device=device, progress=False)
-    return probe.eval(), history
 
 
 # ------------------------------------------------------------------ a small CNN from scratch

@@ -91,3 +91,60 @@ def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int
     """A DataLoader over cached features, for training a head with :func:`~tlutils.train.fit`."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(TensorDataset(features, labels), batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+class LinearProbe(nn.Module):
+    """Standardise features with fixed training statistics, then one linear ``head``.
+
+    Standardising first lets one learning rate suit every feature, whatever its scale.
+
+    Args:
+        mean, std: Per-feature statistics of the training features (kept as buffers,
+            so they are saved with the model but never trained).
+        num_classes: Outputs of the head.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_classes: int):
+        super().__init__()
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("std", std.float().clamp_min(1e-5))
+        self.head = nn.Linear(len(mean), num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``N x D`` features -> ``N x num_classes`` logits."""
+        return self.head((features - self.mean) / self.std)
+
+
+def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 60,
+                       lr: float = 1e-2, weight_decay: float = 1e-2, batch_size: int = 32, seed: int = 0,
+                       device: torch.device | str | None = None,
+                       val: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Train a :class:`LinearProbe` on cached features with :func:`~tlutils.train.fit` (seconds on a CPU).
+
+    Args:
+        features: ``N x D`` frozen features, e.g. from :func:`extract_features`.
+        labels: ``N`` integer labels.
+        num_classes: Outputs of the head.
+        epochs, lr, weight_decay: Training of the head (AdamW).
+        batch_size: Features per step; ``len(labels)`` or more trains full-batch.
+        seed: Seeds the head's initialisation and the shuffling.
+        device: Defaults to :func:`~tlutils.utils.get_device`.
+        val: Optional ``(features, labels)`` of a validation split: the probe keeps the
+            weights of the epoch with the lowest validation loss (a probe on a few hundred
+            examples overfits if trained too long).
+
+    Returns:
+        ``(probe, history)``; the probe is in eval mode.
+    """
+    from tlutils.train import fit
+    from tlutils.utils import set_seed
+
+    if features.dim() != 2 or len(features) != len(labels):
+        raise ValueError(f"expected N x D features and N labels, got {tuple(features.shape)} and {len(labels)} labels")
+    set_seed(seed)
+    probe = LinearProbe(features.mean(dim=0), features.std(dim=0, correction=0), num_classes)
+    loader = feature_loader(features, labels, min(batch_size, len(labels)), shuffle=True, seed=seed)
+    val_loader = feature_loader(*val, batch_size=256) if val is not None else None
+    history = fit(probe, loader, val_loader, epochs=epochs, lr=lr, weight_decay=weight_decay, device=device,
+                  progress=False)
+    return probe.eval(), history

@@ -258,22 +258,6 @@ def pooled_features(encoder: nn.Module, tokenizer: Any, texts: Sequence[str], la
                             device=device, progress=progress)
 
 
-def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
-                       epochs: int = 40, lr: float = 1e-2, weight_decay: float = 1e-3, batch_size: int = 64,
-                       seed: int = 0, device: torch.device | None = None):
-    """A linear head trained on frozen features with :func:`~tlutils.train.fit`; returns ``(head, history)``."""
-    from tlutils.features import feature_loader
-    from tlutils.train import fit
-    from tlutils.utils import set_seed
-
-    set_seed(seed)
-    head = nn.Linear(train_features.shape[1], num_classes)
-    loader = feature_loader(train_features, train_labels, batch_size=batch_size, shuffle=True, seed=seed)
-    history = fit(head, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed, device=device,
-                  progress=False)
-    return head, history
-
-
 def _accuracy(model: nn.Module, loader, device: torch.device | None) -> float:
     from tlutils.train import evaluate
 
@@ -327,8 +311,9 @@ def compare_text_classifiers(encoder_name: str, train: tuple[Sequence[str], Sequ
                              val: tuple[Sequence[str], Sequence[int]], test: tuple[Sequence[str], Sequence[int]],
                              num_classes: int, max_length: int = 64, batch_size: int = 16, epochs: int = 2,
                              lr: float = 1e-4, head_lr: float = 1e-3, llrd_decay: float = 0.3,
-                             probe_epochs: int = 100, seed: int = 0, cache_prefix: str | None = None,
-                             device: torch.device | None = None, progress: bool = False):
+                             probe_epochs: int = 100, probe_lr: float = 1e-3, seed: int = 0,
+                             cache_prefix: str | None = None, device: torch.device | None = None,
+                             progress: bool = False):
     """Run the four classifiers of notebook 07 on one split and tabulate them.
 
     1. TF-IDF + logistic regression (no pre-training);
@@ -344,7 +329,8 @@ def compare_text_classifiers(encoder_name: str, train: tuple[Sequence[str], Sequ
         max_length, batch_size, epochs: Tokenisation and fine-tuning sizes.
         lr: Learning rate of plain fine-tuning.
         head_lr, llrd_decay: The head's rate and the decay factor per block for LLRD.
-        probe_epochs: Epochs of the linear head on cached features (full batch: cheap).
+        probe_epochs, probe_lr: Training of the linear head on cached features (full batch,
+            cheap); the validation split picks its best epoch.
         seed: Seeds every random step.
         cache_prefix: Feature cache names start with this (e.g. ``"07_bbc"``); ``None`` disables caching.
         device: Defaults to :func:`~tlutils.utils.get_device`.
@@ -359,7 +345,7 @@ def compare_text_classifiers(encoder_name: str, train: tuple[Sequence[str], Sequ
 
     import pandas as pd
 
-    from tlutils.features import feature_loader
+    from tlutils.features import feature_loader, train_linear_probe
     from tlutils.models import load_text_encoder
     from tlutils.surgery import trainable_parameter_count
 
@@ -371,15 +357,16 @@ def compare_text_classifiers(encoder_name: str, train: tuple[Sequence[str], Sequ
                  "test accuracy": float(baseline.score(list(test[0]), np.asarray(test[1])))})
 
     tokenizer, encoder = load_text_encoder(encoder_name)
-    names = (f"{cache_prefix}_train", f"{cache_prefix}_test") if cache_prefix else (None, None)
+    def features_of(split: str, data: tuple[Sequence[str], Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return pooled_features(encoder, tokenizer, data[0], data[1], "mean", max_length, device=device,
+                               cache_name=f"{cache_prefix}_{split}" if cache_prefix else None, progress=progress)
+
     start = time.perf_counter()  # training cost: extracting the training vectors, then the head
-    train_features = pooled_features(encoder, tokenizer, train[0], train[1], "mean", max_length,
-                                     cache_name=names[0], device=device, progress=progress)
-    head, _ = train_linear_probe(*train_features, num_classes, epochs=probe_epochs, batch_size=len(train[0]),
-                                 seed=seed, device=device)
+    train_features = features_of("train", train)
+    head, _ = train_linear_probe(*train_features, num_classes, epochs=probe_epochs, lr=probe_lr,
+                                 batch_size=len(train[0]), seed=seed, device=device, val=features_of("val", val))
     seconds = time.perf_counter() - start
-    test_features = pooled_features(encoder, tokenizer, test[0], test[1], "mean", max_length,
-                                    cache_name=names[1], device=device, progress=progress)
+    test_features = features_of("test", test)
     rows.append({"method": "frozen encoder + linear head", "trainable params": trainable_parameter_count(head),
                  "seconds": seconds,
                  "test accuracy": _accuracy(head, feature_loader(*test_features, batch_size=256), device)})
