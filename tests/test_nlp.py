@@ -165,6 +165,13 @@ def test_span_model_learns_and_predicts_context_spans():
     assert nlp.qa_scores(answers, [e.answer for e in dataset.examples])["exact_match"] == 1.0
 
 
+def test_spans_are_widened_to_whole_words():
+    text = "Mr Highfield said, firmly"
+    assert nlp._widen_to_words(text, 7, 12) == (3, 12)    # "field" (a ##piece) -> "Highfield"
+    assert nlp._widen_to_words(text, 0, 7) == (0, 12)     # "Mr High" -> "Mr Highfield"
+    assert nlp._widen_to_words(text, 17, 25) == (17, 25)  # ", firmly" starts at a boundary already
+
+
 def test_best_span_respects_order_length_and_context():
     start = torch.tensor([0.0, 5.0, 0.0, 0.0, 9.0])
     end = torch.tensor([9.0, 0.0, 0.0, 4.0, 0.0])

@@ -665,9 +665,28 @@ def best_span(start_scores: torch.Tensor, end_scores: torch.Tensor, allowed: tor
 
 
 @torch.no_grad()
+def _widen_to_words(text: str, start: int, end: int) -> tuple[int, int]:
+    """Move a character span outwards to word boundaries (a span may start or end inside a word)."""
+    while start > 0 and text[start - 1].isalnum() and text[start].isalnum():
+        start -= 1
+    while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
+        end += 1
+    return start, end
+
+
 def predict_answers(model: nn.Module, dataset: QADataset, batch_size: int = 32, device: torch.device | None = None,
-                    max_answer_tokens: int = 12) -> list[str]:
+                    max_answer_tokens: int = 12, whole_words: bool = True) -> list[str]:
     """Answer every question of a :class:`QADataset` with the best context span.
+
+    Args:
+        model: A :class:`SpanQAModel` (or any model with its output shape).
+        dataset: The questions.
+        batch_size: Questions per forward pass.
+        device: Defaults to :func:`~tlutils.utils.get_device`.
+        max_answer_tokens: Longest answer considered, in tokens.
+        whole_words: Widen a span that starts or ends inside a word to the whole word
+            (WordPiece may split "Highfield" into "high" + "##field", and a span starting at
+            "##field" would answer "field").
 
     Returns:
         The predicted answer texts, cut from the contexts by character offsets.
@@ -684,7 +703,10 @@ def predict_answers(model: nn.Module, dataset: QADataset, batch_size: int = 32, 
             start, end = best_span(logits[row, 0, :length], logits[row, 1, :length], dataset.context_masks[i],
                                    max_answer_tokens)
             context = dataset.examples[i].context
-            answers.append(context[dataset.offsets[i][start][0]:dataset.offsets[i][end][1]])
+            first_char, last_char = dataset.offsets[i][start][0], dataset.offsets[i][end][1]
+            if whole_words:
+                first_char, last_char = _widen_to_words(context, first_char, last_char)
+            answers.append(context[first_char:last_char])
     return answers
 
 
