@@ -46,3 +46,18 @@ def test_prepare_exit_codes(temp_cache, two_assets, capsys):
     assert "ok       cli_good" in capsys.readouterr().out
     assert main(["prepare", "cli_bad"]) == 1
     assert "Fix: run the fixer" in capsys.readouterr().err
+
+
+def test_bar_chart_puts_the_first_label_on_top_and_checks_lengths():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tlutils.plots import bar_chart
+
+    fig = bar_chart(["pre-trained backbone", "random backbone"], [0.27, 0.001], "AP")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["pre-trained backbone", "random backbone"]
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # inverted: the first bar is on top
+    assert [round(b.get_width(), 3) for b in ax.patches] == [0.27, 0.001]
+    with pytest.raises(ValueError, match="one value per label"):
+        bar_chart(["a", "b"], [1.0], "x")

@@ -89,10 +89,11 @@ def load_torchvision_classic(name: str, pretrained: bool = True) -> nn.Module:
     """
     if name not in TORCHVISION_CLASSICS:
         raise ValueError(f"unknown torchvision model {name!r}; choose one of {TORCHVISION_CLASSICS}")
+    state = _load_state(resolve(name)) if pretrained else None  # offline, fail before building anything
     extra = {"aux_logits": True, "init_weights": False} if name == "inception_v3" else {}
     model = getattr(torchvision.models, name)(**extra)
-    if pretrained:
-        model.load_state_dict(_load_state(resolve(name)))
+    if state is not None:
+        model.load_state_dict(state)
     return model.eval()
 
 

@@ -66,12 +66,19 @@ def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: in
     return fig
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[float], ylabel: str, title: str = ""):
-    """Labelled vertical bars, each annotated with its value."""
-    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(labels) + 1), 3.2))
-    bars = ax.bar(labels, values, color="tab:blue")
-    ax.bar_label(bars, fmt="%.3g", fontsize=8)
-    ax.set(ylabel=ylabel, title=title)
-    ax.tick_params(axis="x", rotation=30)
+def bar_chart(labels: Sequence[str], values: Sequence[float], value_label: str, title: str = ""):
+    """Labelled horizontal bars, first label on top, each annotated with its value.
+
+    Horizontal bars keep long method names readable without rotating them.
+    """
+    if len(labels) != len(values) or not labels:
+        raise ValueError(f"need one value per label, got {len(labels)} labels and {len(values)} values")
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
+    bars = ax.barh(range(len(labels)), values, color="tab:blue")
+    ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=2)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(max(values), 0) * 1.15 or 1)
+    ax.set(xlabel=value_label, title=title)
     fig.tight_layout()
     return fig
