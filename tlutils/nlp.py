@@ -136,7 +136,7 @@ class LengthGroupedBatchSampler(Sampler):
     Each epoch the examples are shuffled, cut into groups of ``group_batches`` batches,
     sorted by length inside each group and cut into batches; the batch order is then
     shuffled again. Training stays random, but a batch of short texts is no longer padded
-    to the length of one long text (for review snippets this removes about 40 % of the tokens).
+    to the length of one long text (notebook 07 counts the tokens this saves).
 
     Args:
         lengths: Length (in tokens) of every example.
