@@ -8,7 +8,7 @@ from tlutils.regularizers import snapshot_weights
 from tlutils.strategies import (StrategyRun, accuracy_standard_error, feature_extraction, full_fine_tuning,
                                 gradual_unfreezing, grouped_block_lrs, layerwise_lr_fine_tuning,
                                 linear_probe_then_fine_tune, partial_fine_tuning, plot_strategy_table,
-                                plot_trainable_blocks, pooled_body, strategy_summary, trainable_parameters_per_block)
+                                plot_trainable_blocks, strategy_summary, trainable_parameters_per_block)
 from tlutils.utils import set_seed
 
 CPU = torch.device("cpu")
@@ -23,14 +23,6 @@ def _fresh():
     set_seed(0)
     model = TinyNet()
     return model, snapshot_weights(model)
-
-
-def test_pooled_body_plus_head_is_the_model():
-    model = TinyNet().eval()
-    images = torch.randn(2, 1, 8, 8)
-    assert torch.allclose(model.classifier(pooled_body(model)(images)), model(images))
-    with pytest.raises(ValueError, match="has no 'features' module"):
-        pooled_body(torch.nn.Linear(2, 2))
 
 
 def test_feature_extraction_trains_only_the_head_and_caches(temp_cache):

@@ -5,7 +5,7 @@ import torch
 
 from tests.helpers import TinyNet
 from tlutils.surgery import (freeze, freeze_body_except_last, head_name, layerwise_param_groups, model_blocks,
-                             param_group_table, parameter_count, replace_head, set_train_mode,
+                             param_group_table, parameter_count, pooled_body, replace_head, set_train_mode,
                              trainable_parameter_count, unfreeze)
 
 
@@ -87,3 +87,11 @@ def test_real_mobilenet_blocks_and_head():
     assert len(model_blocks(model)) == 19
     freeze_body_except_last(model, 0)
     assert trainable_parameter_count(model) == 1280 * 10 + 10
+
+
+def test_pooled_body_plus_head_is_the_model():
+    model = TinyNet().eval()
+    images = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(model.classifier(pooled_body(model)(images)), model(images))
+    with pytest.raises(ValueError, match="has no 'features' module"):
+        pooled_body(torch.nn.Linear(2, 2))

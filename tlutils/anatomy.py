@@ -325,6 +325,11 @@ def standardize(features: torch.Tensor | np.ndarray, reference: torch.Tensor | n
 def fit_linear_probe(features: np.ndarray, labels: np.ndarray, C: float = 0.1, max_iter: int = 1000):
     """A multinomial logistic regression on (standardised) frozen features: a linear head trained to convergence.
 
+    scikit-learn's solver finds the exact optimum of a small convex problem, which suits the
+    comparisons of notebook 01 (every probe fully trained, no learning rate to tune). For a
+    head trained with :func:`~tlutils.train.fit` like any other model, on a GPU or with early
+    stopping, use :func:`tlutils.features.train_linear_probe`.
+
     Args:
         features: ``N x D`` features, usually from :func:`standardize`.
         labels: ``N`` integer labels.

@@ -121,6 +121,9 @@ def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes
                        val: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Train a :class:`LinearProbe` on cached features with :func:`~tlutils.train.fit` (seconds on a CPU).
 
+    :func:`tlutils.anatomy.fit_linear_probe` is the scikit-learn alternative, solved to
+    convergence on NumPy arrays.
+
     Args:
         features: ``N x D`` frozen features, e.g. from :func:`extract_features`.
         labels: ``N`` integer labels.

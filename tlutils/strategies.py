@@ -33,7 +33,7 @@ from torch.utils.data import RandomSampler
 
 from tlutils.features import extract_features, feature_loader
 from tlutils.surgery import (freeze, freeze_body_except_last, head_name, layerwise_param_groups, model_blocks,
-                             param_group_table, trainable_parameter_count, unfreeze)
+                             param_group_table, pooled_body, trainable_parameter_count, unfreeze)
 from tlutils.train import History, evaluate, fit
 
 
@@ -74,21 +74,6 @@ def _check_not_shuffled(loader, what: str) -> None:
     if isinstance(getattr(loader, "sampler", None), RandomSampler):
         raise ValueError(f"{what} shuffles, but cached features must line up with a fixed order: "
                          "build it with shuffle=False (the features are shuffled for training instead)")
-
-
-def pooled_body(model: nn.Module) -> nn.Module:
-    """The model without its head: ``features`` followed by global average pooling.
-
-    This is exactly what torchvision's MobileNetV2 (and the test networks) compute
-    before the classifier, so ``head(pooled_body(model)(x)) == model(x)``.
-
-    Raises:
-        ValueError: the model has no ``features`` module.
-    """
-    if not isinstance(getattr(model, "features", None), nn.Module):
-        raise ValueError(f"{type(model).__name__} has no 'features' module; pooled_body works for CNNs "
-                         "built as features -> pooling -> classifier (MobileNetV2, VGG-style)")
-    return nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def _fit_stage(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, device: torch.device,

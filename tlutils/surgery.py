@@ -51,6 +51,21 @@ def _last_linear(module: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
     return parent, attr, getattr(parent, attr)
 
 
+def pooled_body(model: nn.Module) -> nn.Module:
+    """The model without its head: ``features`` followed by global average pooling.
+
+    This is exactly what torchvision's MobileNetV2 (and the test networks) compute
+    before the classifier, so ``head(pooled_body(model)(x)) == model(x)``.
+
+    Raises:
+        ValueError: the model has no ``features`` module.
+    """
+    if not isinstance(getattr(model, "features", None), nn.Module):
+        raise ValueError(f"{type(model).__name__} has no 'features' module; pooled_body works for CNNs "
+                         "built as features -> pooling -> classifier (MobileNetV2, VGG-style)")
+    return nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Replace the final linear layer of the head with a new one for ``num_classes``.
 
