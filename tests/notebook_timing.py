@@ -11,6 +11,8 @@ import platform
 from collections import defaultdict
 from pathlib import Path
 
+from tlutils.io import atomic_file
+
 _SECONDS: dict[str, float] = defaultdict(float)
 _FAILED: set[str] = set()
 
@@ -32,7 +34,8 @@ def _record(root: Path) -> None:
     for path, seconds in _SECONDS.items():
         if path not in _FAILED:
             data["seconds"][Path(path).name] = round(seconds, 1)
-    target.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    with atomic_file(target) as tmp:  # a killed run never leaves a truncated file behind
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def _torch_threads() -> int:

@@ -46,6 +46,8 @@ def test_prepare_exit_codes(temp_cache, two_assets, capsys):
     assert "ok       cli_good" in capsys.readouterr().out
     assert main(["prepare", "cli_bad"]) == 1
     assert "Fix: run the fixer" in capsys.readouterr().err
+    assert main(["prepare", "cli_good", "no_such_asset"]) == 2  # a typo is an error, not a silent no-op
+    assert "unknown asset name(s) no_such_asset" in capsys.readouterr().err
 
 
 def test_bar_chart_puts_the_first_label_on_top_and_checks_lengths():

@@ -41,6 +41,11 @@ def prepare(names: list[str] | None = None) -> int:
     failure; the others (a Debian package, the internet once) are reported as
     skipped with the command that fixes them.
     """
+    unknown = [name for name in names or [] if name not in registry()]
+    if unknown:
+        print(f"unknown asset name(s) {', '.join(unknown)}; known assets: {', '.join(sorted(registry()))}",
+              file=sys.stderr)
+        return 2
     failures = 0
     for name, asset in sorted(registry().items()):
         wanted = name in names if names else asset.offline_capable or asset.kind == "dataset"
@@ -60,6 +65,7 @@ def prepare(names: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: ``assets`` lists where every asset resolves from, ``prepare`` builds them."""
     parser = argparse.ArgumentParser(prog="python -m tlutils", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("assets", help="list every asset and where it resolves from")

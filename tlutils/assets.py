@@ -66,9 +66,9 @@ def is_offline() -> bool:
 
 
 @lru_cache(maxsize=None)
-def _host_reachable(host: str, timeout: float = 3.0) -> bool:
+def _host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -92,6 +92,22 @@ class Resolved:
     def path(self) -> Path:
         """The location as a :class:`~pathlib.Path` (for local sources)."""
         return Path(self.location)
+
+    def file(self, suffix: str) -> Path:
+        """The asset's one file ending in ``suffix``: the location itself, or the single such file in it.
+
+        A package or mirror may point at the file; a download lands in a cache folder.
+
+        Raises:
+            FileNotFoundError: the folder holds no such file, or several.
+        """
+        if self.path.is_file():
+            return self.path
+        files = sorted(self.path.glob(f"*{suffix}"))
+        if len(files) != 1:
+            raise FileNotFoundError(f"expected one {suffix} file in {self.path}, found {len(files)}; "
+                                    f"delete the folder and resolve {self.name!r} again")
+        return files[0]
 
 
 class Source:
@@ -185,6 +201,7 @@ class Cache(Source):
     kind = "cache"
 
     def folder(self, asset: "Asset") -> Path:
+        """Where the asset lives in the cache: ``data/cache/<name>``."""
         return cache_dir() / asset.name
 
     def locate(self, asset: "Asset", build: bool) -> str:
@@ -225,16 +242,20 @@ class Online(Source):
     def locate(self, asset: "Asset", build: bool) -> str:
         if is_offline():
             raise SourceMiss(f"offline mode (${OFFLINE_ENV}=1): {self.url} not tried")
-        host = urllib.parse.urlparse(self.url).hostname or ""
-        if not _host_reachable(host):
+        url = urllib.parse.urlparse(self.url)
+        host = url.hostname or ""
+        if not _host_reachable(host, url.port or (80 if url.scheme == "http" else 443)):
             raise SourceMiss(f"no network: {host} is unreachable")
         if self.hub_id is not None:
             return self.hub_id
         if not build:
             raise SourceMiss(f"reachable, downloads {self.url} on first use")
         folder = cache_dir() / asset.name
-        with atomic_dir(folder) as tmp:
-            self.fetch(tmp)
+        try:
+            with atomic_dir(folder) as tmp:
+                self.fetch(tmp)
+        except (OSError, ValueError) as error:  # network failure, or a download with the wrong checksum
+            raise SourceMiss(f"download of {self.url} failed: {error}") from error
         return str(folder)
 
     def describe(self) -> str:

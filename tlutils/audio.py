@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from tlutils.assets import resolve
+from tlutils.data import read_mono
 
 SAMPLE_RATE = 16_000
 #: Whisper's log-mel has 100 frames per second (10 ms hop); its stride-2 convolution halves that.
@@ -87,13 +88,6 @@ def trim_silence(wave: torch.Tensor, sample_rate: int, threshold_db: float = -35
     return wave[int(loud[0]) * frame:(int(loud[-1]) + 1) * frame]
 
 
-def _read_mono(path: str | Path) -> tuple[torch.Tensor, int]:
-    import soundfile
-
-    samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    return torch.from_numpy(samples).mean(dim=1), rate
-
-
 def load_clips(paths: Sequence[str | Path], seconds: float = 1.0, sample_rate: int = SAMPLE_RATE,
                trim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Read sound files as equal-length mono clips at ``sample_rate``.
@@ -127,7 +121,7 @@ def load_clips(paths: Sequence[str | Path], seconds: float = 1.0, sample_rate: i
     waves, lengths = torch.zeros(len(paths), num_samples), torch.zeros(len(paths), dtype=torch.long)
     by_rate: dict[int, list[tuple[int, torch.Tensor]]] = defaultdict(list)
     for index, path in enumerate(paths):
-        wave, rate = _read_mono(path)
+        wave, rate = read_mono(path)
         wave = trim_silence(wave, rate) if trim else wave
         by_rate[rate].append((index, wave))
     for rate, items in by_rate.items():
@@ -436,7 +430,7 @@ def load_ge2e() -> GE2EEncoder:
     Raises:
         ValueError: the file does not hold the expected LSTM and linear weights.
     """
-    checkpoint = torch.load(resolve("ge2e_speaker").path, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(resolve("ge2e_speaker").file(".pt"), map_location="cpu", weights_only=True)
     state = checkpoint.get("model_state", checkpoint)
     encoder = GE2EEncoder()
     wanted = set(encoder.state_dict())
@@ -457,7 +451,8 @@ def normalize_volume(waves: torch.Tensor, lengths: torch.Tensor, target_dbfs: fl
         target_dbfs: Target level in dB relative to full scale.
         increase_only: Only make quiet clips louder (Resemblyzer's choice).
     """
-    mask = torch.arange(waves.shape[1])[None] < lengths[:, None]
+    lengths = lengths.to(waves.device)
+    mask = torch.arange(waves.shape[1], device=waves.device)[None] < lengths[:, None]
     power = (waves.pow(2) * mask).sum(dim=1) / lengths.clamp_min(1)
     change_db = target_dbfs - 10 * torch.log10(power.clamp_min(1e-12))
     if increase_only:

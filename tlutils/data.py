@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tlutils.assets import resolve
+from tlutils.utils import check_one_of
 
 # ------------------------------------------------------------------ constants
 
@@ -119,13 +120,6 @@ class DataFormatError(ValueError):
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _check_choice(value: Any, allowed: Sequence[Any], what: str) -> None:
-    """Raise a ValueError naming the bad value and the allowed ones."""
-    if value not in allowed:
-        choices = ", ".join(repr(item) for item in allowed)
-        raise ValueError(f"unknown {what} {value!r}; allowed values: {choices}")
 
 
 def _image_data(images: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> ImageData:
@@ -234,7 +228,7 @@ def load_fashion_mnist(split: str = "train") -> ImageData:
         >>> x.shape, names[y[0]]
         ((10000, 28, 28), 'Ankle boot')
     """
-    _check_choice(split, ("train", "test"), "Fashion-MNIST split")
+    check_one_of(split, ("train", "test"), "Fashion-MNIST split")
     images, labels = _fashion_arrays(str(resolve("fashion_mnist").path), split)
     return _image_data(images, labels, FASHION_CLASSES)
 
@@ -337,7 +331,7 @@ def load_mnist(split: str = "train") -> ImageData:
         pickle.UnpicklingError: The pickle holds anything but numpy arrays.
         DataFormatError: A file is corrupted.
     """
-    _check_choice(split, ("train", "val", "test"), "MNIST split")
+    check_one_of(split, ("train", "val", "test"), "MNIST split")
     images, labels = _mnist_arrays(str(resolve("mnist").path))[split]
     return _image_data(images, labels, DIGIT_CLASSES)
 
@@ -577,13 +571,21 @@ def load_fsdd(split: str = "all") -> "pandas.DataFrame":
     """
     import pandas as pd
 
-    _check_choice(split, ("all", "train", "test"), "FSDD split")
+    check_one_of(split, ("all", "train", "test"), "FSDD split")
     folder = resolve("fsdd").path / "recordings"
     rows = [row for row in map(_fsdd_row, sorted(folder.glob("*.wav"))) if row is not None]
     if not rows:
         raise FileNotFoundError(f"no FSDD recordings ({{digit}}_{{speaker}}_{{take}}.wav) in {folder}")
     table = pd.DataFrame(rows).sort_values(["speaker", "digit", "take"], ignore_index=True)
     return table if split == "all" else table[table["split"] == split].reset_index(drop=True)
+
+
+def read_mono(path: str | Path) -> tuple[torch.Tensor, int]:
+    """A sound file as ``(float32 mono waveform, sample rate)``, channels averaged, not resampled."""
+    import soundfile
+
+    samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    return torch.from_numpy(samples).mean(dim=1), rate
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
@@ -599,13 +601,11 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
     Raises:
         ValueError: ``sample_rate`` is not a positive integer.
     """
-    import soundfile
     from torchaudio.functional import resample
 
     if not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
-    samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    wave = torch.from_numpy(samples).mean(dim=1)
+    wave, rate = read_mono(path)
     return wave if rate == sample_rate else resample(wave, rate, sample_rate)
 
 
@@ -852,7 +852,7 @@ class TextDataset(Dataset):
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no padding token; for GPT-style models set "
                              "tokenizer.pad_token = tokenizer.eos_token first")
-        _check_choice(padding, ("longest", "max_length"), "padding")
+        check_one_of(padding, ("longest", "max_length"), "padding")
         encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
         self.input_ids = encoded["input_ids"]
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
@@ -885,7 +885,7 @@ class TextCollator:
     """
 
     def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to: int | None = None):
-        _check_choice(padding_side, ("right", "left"), "padding side")
+        check_one_of(padding_side, ("right", "left"), "padding side")
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
         self.pad_to = pad_to

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torchvision
@@ -23,19 +22,8 @@ TORCHVISION_CLASSICS = ("resnet18", "resnet50", "vgg16", "inception_v3")
 HUB_CLASSICS = ("bert-base-uncased", "roberta-base", "gpt2", "wav2vec2-base")
 
 
-def _weights_file(found: Resolved, suffix: str = ".pth") -> Path:
-    """The weights file of a resolved asset (a file, or the single such file in a cache folder)."""
-    if found.path.is_file():
-        return found.path
-    files = sorted(found.path.glob(f"*{suffix}"))
-    if len(files) != 1:
-        raise FileNotFoundError(f"expected one {suffix} file in {found.path}, found {len(files)}; "
-                                f"delete the folder and resolve {found.name!r} again")
-    return files[0]
-
-
 def _load_state(found: Resolved) -> dict:
-    return torch.load(_weights_file(found), map_location="cpu", weights_only=True)
+    return torch.load(found.file(".pth"), map_location="cpu", weights_only=True)
 
 
 def imagenet_categories() -> list[str]:
@@ -126,9 +114,13 @@ def load_whisper():
 
 
 def load_pretrained(name: str):
-    """Load any registered pre-trained model by its asset name.
+    """Load a pre-trained image, text or Whisper model by its asset name.
 
-    Returns the model, or ``(tokenizer_or_processor, model)`` for text and speech models.
+    The GE2E speaker encoder and wav2vec 2.0 have their own loaders in
+    :mod:`tlutils.audio` (:func:`~tlutils.audio.load_ge2e`, :func:`~tlutils.audio.load_wav2vec2_asr`).
+
+    Returns:
+        The model, or ``(tokenizer_or_processor, model)`` for text and speech models.
     """
     loaders = {
         "mobilenet_v2": load_mobilenet_v2, "efficientnet_lite0": load_efficientnet_lite0,

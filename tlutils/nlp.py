@@ -41,16 +41,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tlutils.data import TextDataset
 from tlutils.surgery import freeze, unfreeze
-from tlutils.utils import get_device
+from tlutils.utils import check_one_of, get_device
 
 POOLINGS = ("cls", "mean")
 #: Label value that cross-entropy ignores (prompt and padding tokens of a causal LM).
 IGNORE_INDEX = -100
-
-
-def _check_choice(value: Any, allowed: Sequence[Any], what: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; allowed values: {', '.join(map(repr, allowed))}")
 
 
 # ------------------------------------------------------------------ pooling and classification
@@ -72,7 +67,7 @@ def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooli
         >>> pool_hidden_states(torch.ones(2, 5, 8), torch.ones(2, 5), "mean").shape
         torch.Size([2, 8])
     """
-    _check_choice(pooling, POOLINGS, "pooling")
+    check_one_of(pooling, POOLINGS, "pooling")
     if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
         raise ValueError(f"expected hidden states batch x tokens x dim and a matching batch x tokens mask, "
                          f"got {tuple(hidden.shape)} and {tuple(attention_mask.shape)}")
@@ -92,7 +87,7 @@ class PooledEncoder(nn.Module):
 
     def __init__(self, encoder: nn.Module, pooling: str = "mean"):
         super().__init__()
-        _check_choice(pooling, POOLINGS, "pooling")
+        check_one_of(pooling, POOLINGS, "pooling")
         self.encoder = encoder
         self.pooling = pooling
 
@@ -119,7 +114,7 @@ class EncoderClassifier(nn.Module):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        _check_choice(pooling, POOLINGS, "pooling")
+        check_one_of(pooling, POOLINGS, "pooling")
         self.encoder = encoder
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
@@ -167,6 +162,16 @@ class LengthGroupedBatchSampler(Sampler):
             yield batches[index]
 
 
+def _padded_loader(dataset: Dataset, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int | None,
+                   group_by_length: bool) -> DataLoader:
+    """A DataLoader with the dataset's own ``collate``; shuffled batches may be grouped by length."""
+    if shuffle and group_by_length:
+        sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=0 if seed is None else seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=dataset.collate, generator=generator)
+
+
 def text_loader(texts: Sequence[str], labels: Sequence[int] | None, tokenizer: Any, max_length: int = 64,
                 batch_size: int = 16, shuffle: bool = False, seed: int | None = None,
                 group_by_length: bool = False) -> DataLoader:
@@ -184,13 +189,8 @@ def text_loader(texts: Sequence[str], labels: Sequence[int] | None, tokenizer: A
             (:class:`LengthGroupedBatchSampler`): the same training, much less padding.
     """
     dataset = TextDataset(texts, labels, tokenizer, max_length=max_length)
-    if shuffle and group_by_length:
-        lengths = [len(ids) for ids in dataset.input_ids]
-        sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=0 if seed is None else seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=dataset.collate,
-                      generator=generator)
+    return _padded_loader(dataset, [len(ids) for ids in dataset.input_ids], batch_size, shuffle, seed,
+                          group_by_length)
 
 
 def fit_tfidf_logreg(texts: Sequence[str], labels: Sequence[int], max_features: int = 30_000,
@@ -371,11 +371,12 @@ def compare_text_classifiers(encoder_name: str, train: tuple[Sequence[str], Sequ
                  "seconds": seconds,
                  "test accuracy": _accuracy(head, feature_loader(*test_features, batch_size=256), device)})
 
-    train_loader = text_loader(train[0], train[1], tokenizer, max_length, batch_size, shuffle=True, seed=seed,
-                               group_by_length=True)
     val_loader = text_loader(val[0], val[1], tokenizer, max_length, 64)
     test_loader = text_loader(test[0], test[1], tokenizer, max_length, 64)
     for method, decay in (("full fine-tuning", None), ("fine-tuning with LLRD", llrd_decay)):
+        # a new loader per run: both methods see the same batches in the same order
+        train_loader = text_loader(train[0], train[1], tokenizer, max_length, batch_size, shuffle=True, seed=seed,
+                                   group_by_length=True)
         _, encoder = load_text_encoder(encoder_name)
         model, history = finetune_text_classifier(encoder, train_loader, val_loader, num_classes, epochs, lr=lr,
                                                   llrd_decay=decay, head_lr=head_lr, seed=seed, device=device,
@@ -581,10 +582,8 @@ class QADataset(Dataset):
 
     def loader(self, batch_size: int = 16, shuffle: bool = False, seed: int = 0) -> DataLoader:
         """A DataLoader over this set; shuffled training batches group questions of similar length."""
-        if shuffle:
-            sampler = LengthGroupedBatchSampler([len(item["input_ids"]) for item in self.items], batch_size, seed)
-            return DataLoader(self, batch_sampler=sampler, collate_fn=self.collate)
-        return DataLoader(self, batch_size=batch_size, collate_fn=self.collate)
+        return _padded_loader(self, [len(item["input_ids"]) for item in self.items], batch_size, shuffle, seed,
+                              group_by_length=True)
 
 
 class QACollator:
@@ -609,7 +608,8 @@ class SpanQAModel(nn.Module):
 
     The head ``qa_outputs`` is one linear layer ``hidden -> 2``, as in BERT's SQuAD
     model. The output is ``batch x 2 x tokens`` (row 0 start scores, row 1 end scores)
-    so that ``(logits, labels)`` fit :func:`~tlutils.train.fit` with :func:`span_loss`.
+    so that ``(logits, labels)`` fit :func:`~tlutils.train.fit` with :func:`span_loss`
+    (without a ``val_loader``: score it with :func:`predict_answers` and :func:`qa_scores`).
     Padding positions get a score of -10,000.
 
     Args:
@@ -664,7 +664,6 @@ def best_span(start_scores: torch.Tensor, end_scores: torch.Tensor, allowed: tor
     return int(flat // n), int(flat % n)
 
 
-@torch.no_grad()
 def _widen_to_words(text: str, start: int, end: int) -> tuple[int, int]:
     """Move a character span outwards to word boundaries (a span may start or end inside a word)."""
     while start > 0 and text[start - 1].isalnum() and text[start].isalnum():
@@ -674,6 +673,7 @@ def _widen_to_words(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+@torch.no_grad()
 def predict_answers(model: nn.Module, dataset: QADataset, batch_size: int = 32, device: torch.device | None = None,
                     max_answer_tokens: int = 12, whole_words: bool = True) -> list[str]:
     """Answer every question of a :class:`QADataset` with the best context span.
@@ -722,6 +722,13 @@ def exact_match(prediction: str, truth: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(truth))
 
 
+def _f1(overlap: int, n_predicted: int, n_reference: int) -> float:
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / n_predicted, overlap / n_reference
+    return 2 * precision * recall / (precision + recall)
+
+
 def token_f1(prediction: str, truth: str) -> float:
     """SQuAD F1: harmonic mean of word precision and recall between prediction and answer.
 
@@ -732,11 +739,7 @@ def token_f1(prediction: str, truth: str) -> float:
     predicted, true = normalize_answer(prediction).split(), normalize_answer(truth).split()
     if not predicted or not true:
         return float(predicted == true)
-    common = sum((Counter(predicted) & Counter(true)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(true)
-    return 2 * precision * recall / (precision + recall)
+    return _f1(sum((Counter(predicted) & Counter(true)).values()), len(predicted), len(true))
 
 
 def qa_scores(predictions: Sequence[str], truths: Sequence[str]) -> dict[str, float]:
@@ -838,12 +841,8 @@ def lm_loader(dataset: CausalLMDataset, batch_size: int = 4, shuffle: bool = Fal
     With ``shuffle`` and ``group_by_length``, batches hold examples of similar length
     (:class:`LengthGroupedBatchSampler`), which cuts the padding.
     """
-    if shuffle and group_by_length:
-        lengths = [len(item["input_ids"]) for item in dataset.items]
-        sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=0 if seed is None else seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=dataset.collate, generator=generator)
+    return _padded_loader(dataset, [len(item["input_ids"]) for item in dataset.items], batch_size, shuffle, seed,
+                          group_by_length)
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -891,7 +890,7 @@ def generate_texts(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max
         stop_at_newline: Cut each continuation at its first line break (for one-line outputs).
         device: Defaults to :func:`~tlutils.utils.get_device`.
     """
-    _check_choice(strategy, ("greedy", "temperature", "top_p"), "decoding strategy")
+    check_one_of(strategy, ("greedy", "temperature", "top_p"), "decoding strategy")
     device = device or get_device()
     model.eval().to(device)
     options = {"do_sample": False} if strategy == "greedy" else {
@@ -1038,13 +1037,6 @@ def unfreeze_last_decoder_blocks(model: nn.Module, k: int) -> nn.Module:
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def _f1(overlap: int, n_predicted: int, n_reference: int) -> float:
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / n_predicted, overlap / n_reference
-    return 2 * precision * recall / (precision + recall)
 
 
 def rouge_n(prediction: str, reference: str, n: int = 1) -> float:

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from tlutils.surgery import HEAD_NAMES, model_blocks, set_train_mode
+from tlutils.surgery import belongs_to, head_name, model_blocks, set_train_mode
 from tlutils.train import History, unpack_batch
 
 # ------------------------------------------------------------------ weights and penalties
@@ -52,11 +52,14 @@ def _head_prefix(model: nn.Module, head: str | None) -> str | None:
         if not isinstance(getattr(model, head, None), nn.Module):
             raise ValueError(f"the model has no module {head!r} to treat as the head")
         return head
-    return next((name for name in HEAD_NAMES if isinstance(getattr(model, name, None), nn.Module)), None)
+    try:
+        return head_name(model)
+    except ValueError:  # a bare body without a head
+        return None
 
 
 def _in_module(param_name: str, prefix: str | None) -> bool:
-    return prefix is not None and (param_name == prefix or param_name.startswith(prefix + "."))
+    return prefix is not None and belongs_to(param_name, prefix)
 
 
 def l2_penalty(model: nn.Module, alpha: float) -> torch.Tensor:

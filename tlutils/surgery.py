@@ -62,7 +62,7 @@ def pooled_body(model: nn.Module) -> nn.Module:
     """
     if not isinstance(getattr(model, "features", None), nn.Module):
         raise ValueError(f"{type(model).__name__} has no 'features' module; pooled_body works for CNNs "
-                         "built as features -> pooling -> classifier (MobileNetV2, VGG-style)")
+                         "built as features -> pooling -> classifier (torchvision's MobileNet and EfficientNet)")
     return nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
@@ -95,8 +95,18 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
+def belongs_to(param_name: str, module_name: str) -> bool:
+    """True when the parameter ``param_name`` lies inside the module ``module_name``.
+
+    Example:
+        >>> belongs_to("classifier.1.weight", "classifier"), belongs_to("classifier2.weight", "classifier")
+        (True, False)
+    """
+    return param_name == module_name or param_name.startswith(module_name + ".")
+
+
 def _matches(param_name: str, prefixes: Sequence[str] | None) -> bool:
-    return prefixes is None or any(param_name == p or param_name.startswith(p + ".") for p in prefixes)
+    return prefixes is None or any(belongs_to(param_name, p) for p in prefixes)
 
 
 def _set_requires_grad(model: nn.Module, prefixes: Sequence[str] | None, flag: bool) -> int:
@@ -214,7 +224,9 @@ def layerwise_param_groups(model: nn.Module, head_lr: float, decay: float = 1.0,
     The head gets ``head_lr``; walking down from the top, each body block gets the
     previous rate times ``decay`` (layer-wise learning-rate decay). Alternatively
     ``block_lrs`` gives the rate of every block explicitly, input side first.
-    Frozen parameters are left out.
+    Frozen parameters are left out, and so are trainable parameters outside the head
+    and the blocks of :func:`model_blocks` (such as the pooler of a BERT model, which
+    mean pooling never uses): they get no group and are not trained.
 
     Returns:
         Groups for ``torch.optim`` with extra keys ``name`` (printed by

@@ -43,10 +43,12 @@ class History:
 
     @property
     def train_loss(self) -> list[float]:
+        """Mean training loss of every epoch."""
         return self["train_loss"]
 
     @property
     def val_loss(self) -> list[float]:
+        """Validation loss of every epoch (``None`` entries without a validation set)."""
         return self["val_loss"]
 
     @property
@@ -187,7 +189,9 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int = 3, lr:
     Args:
         model: Returns logits (or an object with ``.logits``).
         train_loader: Yields ``(inputs, targets)`` or dicts with ``labels``.
-        val_loader: Optional; evaluated after every epoch.
+        val_loader: Optional; evaluated after every epoch. Its metrics expect ``N x C``
+            class logits; for span, sequence or mask outputs leave it out and score the
+            model with the task's own function (e.g. :func:`tlutils.nlp.qa_scores`).
         epochs: Number of passes over ``train_loader``.
         lr: Learning rate of the default AdamW optimizer (ignored if ``optimizer`` is given).
         optimizer: A ready optimizer, e.g. over :func:`~tlutils.surgery.layerwise_param_groups`.

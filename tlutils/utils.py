@@ -1,9 +1,10 @@
-"""Seeding and device helpers."""
+"""Seeding, device and argument-checking helpers."""
 
 from __future__ import annotations
 
 import os
 import random
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -58,3 +59,15 @@ def environment_report() -> dict:
         "device": str(get_device()),
         "cpu threads": torch.get_num_threads(),
     }
+
+
+def check_one_of(value: Any, allowed: Sequence[Any], what: str) -> None:
+    """Raise a ValueError naming the bad value and the allowed ones.
+
+    Example:
+        >>> check_one_of("max", ("cls", "mean"), "pooling")
+        Traceback (most recent call last):
+        ValueError: unknown pooling 'max'; allowed values: 'cls', 'mean'
+    """
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed values: {', '.join(repr(item) for item in allowed)}")

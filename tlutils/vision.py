@@ -330,11 +330,7 @@ def make_lesion_task(photo: np.ndarray, n_images: int, size: int = 64, crop: int
 
 def _breastmnist(split: str) -> MedicalData:
     """Read one split of the real BreastMNIST (64 px) npz file."""
-    path = resolve("breastmnist").path
-    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
-    if len(files) != 1:
-        raise FileNotFoundError(f"expected one .npz file in {path}, found {len(files)}")
-    with np.load(files[0], allow_pickle=False) as arrays:
+    with np.load(resolve("breastmnist").file(".npz"), allow_pickle=False) as arrays:
         images = arrays[f"{split}_images"].astype(np.uint8)
         labels = arrays[f"{split}_labels"].reshape(-1).astype(np.int64)
     return MedicalData(images, labels, list(BREASTMNIST_CLASSES), None,
