@@ -357,6 +357,7 @@ def compare_text_classifiers(encoder_name: str, train: tuple[Sequence[str], Sequ
                  "test accuracy": float(baseline.score(list(test[0]), np.asarray(test[1])))})
 
     tokenizer, encoder = load_text_encoder(encoder_name)
+
     def features_of(split: str, data: tuple[Sequence[str], Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         return pooled_features(encoder, tokenizer, data[0], data[1], "mean", max_length, device=device,
                                cache_name=f"{cache_prefix}_{split}" if cache_prefix else None, progress=progress)

@@ -78,7 +78,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], value_label: str, 
     ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=2)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(max(values), 0) * 1.15 or 1)
+    ax.set_xlim(0, 1.15 * max(values) if max(values) > 0 else 1)  # room for the value labels
     ax.set(xlabel=value_label, title=title)
     fig.tight_layout()
     return fig
