@@ -1,6 +1,5 @@
 """Test settings: never touch the network, use a throw-away cache."""
 
-import os
 
 import pytest
 

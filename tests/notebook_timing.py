@@ -11,7 +11,7 @@ import platform
 from collections import defaultdict
 from pathlib import Path
 
-from tlutils.io import atomic_file
+from tlutils.core.io import atomic_file
 
 _SECONDS: dict[str, float] = defaultdict(float)
 _FAILED: set[str] = set()

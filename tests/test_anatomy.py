@@ -7,14 +7,36 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import TinyNet
-from tlutils.anatomy import (MultiDepthPooling, TruncatedClassifier, architecture_row, attention_map,
-                             block_activations, block_features, build_on_meta, channel_redundancy,
-                             cosine_similarity_matrix, count_flops, filter_mosaic, filter_statistics,
-                             first_conv_weights, fit_linear_probe, future_token_influence, head_summary,
-                             imagenet_top_k, plot_activation_maps, plot_filter_grid, plot_projections,
-                             probe_accuracy, project_2d, render_like_optdigits, sentence_embeddings,
-                             separation_score, standardize, unique_parameter_count, weight_layer_depth)
-from tlutils.train import fit
+from tlutils.core.features import fit_linear_probe, probe_accuracy, standardize
+from tlutils.core.metrics import separation_score
+from tlutils.core.plots import plot_activation_maps, plot_projections
+from tlutils.core.surgery import parameter_count
+from tlutils.core.train import fit
+from tlutils.topics.anatomy import (
+    MultiDepthPooling,
+    TruncatedClassifier,
+    block_activations,
+    block_features,
+    channel_redundancy,
+    filter_mosaic,
+    filter_statistics,
+    first_conv_weights,
+    plot_filter_grid,
+    project_2d,
+    render_like_optdigits,
+)
+from tlutils.topics.architectures import (
+    architecture_row,
+    attention_map,
+    build_on_meta,
+    cosine_similarity_matrix,
+    count_flops,
+    future_token_influence,
+    head_summary,
+    imagenet_top_k,
+    sentence_embeddings,
+    weight_layer_depth,
+)
 
 CPU = torch.device("cpu")
 
@@ -196,10 +218,10 @@ def test_architecture_row_and_head_summary():
     model.features[0][0] = nn.Conv2d(3, 4, 3, padding=1)
     row = architecture_row("tiny", model, 8)
     assert row["depth (weight layers)"] == 3 and row["head"] == "classifier"
-    assert row["params (M)"] * 1e6 == pytest.approx(unique_parameter_count(model))
+    assert row["params (M)"] * 1e6 == pytest.approx(parameter_count(model))
     summary = head_summary(model)
     assert summary["head params"] == 8 * 3 + 3 and not summary["tied"]
-    assert summary["head params"] + summary["body params"] == unique_parameter_count(model)
+    assert summary["head params"] + summary["body params"] == parameter_count(model)
 
 
 def test_head_summary_detects_tied_embeddings():

@@ -6,15 +6,33 @@ import numpy as np
 import pytest
 import torch
 
-from tlutils.assets import AssetNotFoundError, resolve
-from tlutils.audio import (GE2EEncoder, SmallAudioCNN, WhisperClassifier, class_prototypes, ctc_greedy_decode,
-                           enrolment_accuracy, fixed_length, ge2e_embeddings, greedy_decode, load_clips, load_ge2e,
-                           load_spoken_words, load_wav2vec2_asr, log_mel_spectrogram, normalize_volume,
-                           prototype_predict, text_to_digit, train_scratch_cnn, trim_silence,
-                           truncate_whisper_encoder, whisper_features, whisper_hidden_states, whisper_log_mel,
-                           word_error_rate)
-from tlutils.surgery import freeze_body_except_last, trainable_parameter_count
-from tlutils.train import fit
+from tlutils.core.assets import resolve
+from tlutils.core.data import fixed_length, load_clips, load_spoken_words, trim_silence
+from tlutils.core.metrics import word_error_rate
+from tlutils.core.models import GE2EEncoder, load_ge2e, load_wav2vec2_asr
+from tlutils.core.sources import AssetNotFoundError
+from tlutils.core.surgery import freeze_body_except_last, trainable_parameter_count
+from tlutils.core.train import fit
+from tlutils.topics.speaker import (
+    class_prototypes,
+    enrolment_accuracy,
+    ge2e_embeddings,
+    normalize_volume,
+    prototype_predict,
+)
+from tlutils.topics.speech import (
+    SmallAudioCNN,
+    WhisperClassifier,
+    ctc_greedy_decode,
+    greedy_decode,
+    log_mel_spectrogram,
+    text_to_digit,
+    train_scratch_cnn,
+    truncate_whisper_encoder,
+    whisper_features,
+    whisper_hidden_states,
+    whisper_log_mel,
+)
 
 
 def tone(frequency: float, seconds: float, rate: int, amplitude: float = 0.5) -> torch.Tensor:
@@ -206,7 +224,7 @@ def _resolves(name: str) -> bool:
 @pytest.mark.skipif(not (_resolves("ge2e_speaker") and _resolves("fsdd")),
                     reason="needs the resemblyzer package (GE2E weights) and the FSDD recordings")
 def test_pretrained_ge2e_tells_fsdd_speakers_apart():
-    from tlutils.data import load_fsdd
+    from tlutils.core.data import load_fsdd
 
     table = load_fsdd("test")
     table = table[table["speaker"].isin(["george", "jackson", "lucas"]) & (table["take"] == 0)].reset_index(drop=True)

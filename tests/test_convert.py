@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from tlutils.assets import MIRROR_ENV, AssetNotFoundError, project_root, resolve
-from tlutils.convert import (
+from tlutils.core.assets import resolve
+from tlutils.core.convert import (
     _load_checked,
     convert_minilm_onnx,
     convert_smollm2_gguf,
@@ -28,6 +28,8 @@ from tlutils.convert import (
     load_ct2,
     read_ct2,
 )
+from tlutils.core.paths import project_root
+from tlutils.core.sources import MIRROR_ENV, AssetNotFoundError
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TLLAB_OFFLINE": "1"}
 

@@ -1,4 +1,4 @@
-"""Tests of tlutils.data: real data set counts, safe parsing, subsets, splits, transforms.
+"""Tests of tlutils.core.data and tlutils.core.datasets: real data set counts, safe parsing, subsets, splits, transforms.
 
 Data sets come from their offline sources (mirror, pip or Debian package); a test
 whose source is missing on this machine is skipped with the resolver's reason.
@@ -15,8 +15,37 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tlutils import data
-from tlutils.assets import AssetNotFoundError, Resolved, resolve
+from tlutils.core import data as core_data
+from tlutils.core.assets import resolve
+from tlutils.core.data import (
+    IDX_FILES,
+    DataFormatError,
+    RestrictedUnpickler,
+    _mnist_from_pickle,
+    load_audio,
+    load_bbc_news,
+    load_digits,
+    load_fashion_mnist,
+    load_fsdd,
+    load_mnist,
+    load_photos,
+    load_rotten_tomatoes,
+    load_tweets_sentiment,
+    read_idx,
+)
+from tlutils.core.datasets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LITE_MEAN,
+    LITE_STD,
+    ArrayImageDataset,
+    TextCollator,
+    TextDataset,
+    balanced_subset,
+    image_transform,
+    train_val_test_split,
+)
+from tlutils.core.sources import AssetNotFoundError, Resolved
 
 
 def need(name):
@@ -38,7 +67,7 @@ def make_idx_folder(folder, n_train=6, n_test=4):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("test", n_test)):
-        images, labels = data.IDX_FILES[split]
+        images, labels = IDX_FILES[split]
         write_idx(folder / images, rng.integers(0, 256, (n, 28, 28)))
         write_idx(folder / labels, np.arange(n) % 10)
     return folder
@@ -49,67 +78,67 @@ def make_idx_folder(folder, n_train=6, n_test=4):
 
 def test_fashion_mnist_counts_and_shapes():
     need("fashion_mnist")
-    x, y, names = data.load_fashion_mnist("train")
+    x, y, names = load_fashion_mnist("train")
     assert x.shape == (60000, 28, 28) and x.dtype == np.uint8
     assert np.bincount(y).tolist() == [6000] * 10 and len(names) == 10
-    x_test, y_test, _ = data.load_fashion_mnist("test")
+    x_test, y_test, _ = load_fashion_mnist("test")
     assert x_test.shape == (10000, 28, 28) and np.bincount(y_test).tolist() == [1000] * 10
     assert names[y_test[0]] == "Ankle boot"
 
 
 def test_loaders_return_copies_not_the_cache():
     need("fashion_mnist")
-    x, y, names = data.load_fashion_mnist("test")
+    x, y, names = load_fashion_mnist("test")
     x[:] = 0
     y[:] = 0
     names.clear()
-    x2, y2, names2 = data.load_fashion_mnist("test")
+    x2, y2, names2 = load_fashion_mnist("test")
     assert x2.max() == 255 and y2.max() == 9 and len(names2) == 10
 
 
 def test_unknown_split_says_what_is_allowed():
     with pytest.raises(ValueError, match=r"'validation'.*allowed values: 'train', 'test'"):
-        data.load_fashion_mnist("validation")
+        load_fashion_mnist("validation")
     with pytest.raises(ValueError, match="allowed values: 'train', 'val', 'test'"):
-        data.load_mnist("dev")
+        load_mnist("dev")
     with pytest.raises(ValueError, match="allowed values: 'all', 'train', 'test'"):
-        data.load_fsdd("val")
+        load_fsdd("val")
 
 
 def test_mnist_splits_from_the_pickle():
     need("mnist")
-    sizes = {split: data.load_mnist(split).images.shape for split in ("train", "val", "test")}
+    sizes = {split: load_mnist(split).images.shape for split in ("train", "val", "test")}
     assert sizes == {"train": (50000, 28, 28), "val": (10000, 28, 28), "test": (10000, 28, 28)}
-    x, y, names = data.load_mnist("test")
+    x, y, names = load_mnist("test")
     assert x.dtype == np.uint8 and x.max() == 255 and names == list("0123456789")
     assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 def test_mnist_from_an_idx_folder(tmp_path, monkeypatch):
     folder = make_idx_folder(tmp_path / "mnist", n_train=6, n_test=4)
-    monkeypatch.setattr(data, "resolve", lambda name: Resolved(name, "cache", str(folder)))
-    monkeypatch.setattr(data, "MNIST_TRAIN_SIZE", 4)  # the real files split 50k / 10k
-    assert [len(data.load_mnist(s).labels) for s in ("train", "val", "test")] == [4, 2, 4]
-    assert data.load_mnist("val").labels.tolist() == [4, 5]
+    monkeypatch.setattr(core_data, "resolve", lambda name: Resolved(name, "cache", str(folder)))
+    monkeypatch.setattr(core_data, "MNIST_TRAIN_SIZE", 4)  # the real files split 50k / 10k
+    assert [len(load_mnist(s).labels) for s in ("train", "val", "test")] == [4, 2, 4]
+    assert load_mnist("val").labels.tolist() == [4, 5]
 
 
 def test_digits():
     need("digits")
-    x, y, names = data.load_digits()
+    x, y, names = load_digits()
     assert x.shape == (1797, 8, 8) and x.dtype == np.uint8 and x.max() == 255
     assert len(names) == 10 and np.bincount(y).min() >= 170
-    assert data.load_digits(as_uint8=False).images.max() == 16
+    assert load_digits(as_uint8=False).images.max() == 16
 
 
 def test_photos_are_rgb_uint8():
     need("photos")
-    photos = data.load_photos()
+    photos = load_photos()
     assert {"astronaut", "chelsea", "coffee", "china", "flower", "brick"} <= set(photos)
     for name, image in photos.items():
         assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, name
-    assert list(data.load_photos(["chelsea"])) == ["chelsea"]
+    assert list(load_photos(["chelsea"])) == ["chelsea"]
     with pytest.raises(ValueError, match="unknown photo name.*available: astronaut"):
-        data.load_photos(["lena"])
+        load_photos(["lena"])
 
 
 # ------------------------------------------------------------------ corrupted and hostile files
@@ -118,7 +147,7 @@ def test_photos_are_rgb_uint8():
 def test_read_idx_round_trip(tmp_path):
     array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "a.gz", array)
-    np.testing.assert_array_equal(data.read_idx(tmp_path / "a.gz"), array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), array)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -129,18 +158,18 @@ def test_read_idx_round_trip(tmp_path):
 def test_corrupted_idx_gives_a_clear_error(tmp_path, damage, message):
     raw = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 28, 28) + bytes(2 * 28 * 28)
     (tmp_path / "bad.gz").write_bytes(gzip.compress(damage(raw)))
-    with pytest.raises(data.DataFormatError, match=message):
-        data.read_idx(tmp_path / "bad.gz")
+    with pytest.raises(DataFormatError, match=message):
+        read_idx(tmp_path / "bad.gz")
 
 
 def test_corrupted_fashion_mnist_mirror(tmp_path, monkeypatch):
     folder = make_idx_folder(tmp_path / "fashion_mnist")
-    labels = folder / data.IDX_FILES["test"][1]
+    labels = folder / IDX_FILES["test"][1]
     labels.write_bytes(labels.read_bytes()[:20])  # a download cut short: broken gzip
     monkeypatch.setenv("TLLAB_MIRROR", str(tmp_path))
-    assert data.load_fashion_mnist("train").images.shape == (6, 28, 28)
-    with pytest.raises(data.DataFormatError, match="t10k-labels-idx1-ubyte.gz.*corrupted"):
-        data.load_fashion_mnist("test")
+    assert load_fashion_mnist("train").images.shape == (6, 28, 28)
+    with pytest.raises(DataFormatError, match="t10k-labels-idx1-ubyte.gz.*corrupted"):
+        load_fashion_mnist("test")
 
 
 class RunsShell:
@@ -157,7 +186,7 @@ def test_restricted_unpickler_refuses_os_system(tmp_path):
     marker = tmp_path / "pwned"
     payload = pickle.dumps(RunsShell(marker), protocol=2)
     with pytest.raises(pickle.UnpicklingError, match="refusing to load (posix|os|nt).system"):
-        data.RestrictedUnpickler(io.BytesIO(payload)).load()
+        RestrictedUnpickler(io.BytesIO(payload)).load()
     assert not marker.exists()
 
 
@@ -168,7 +197,7 @@ def test_load_mnist_refuses_a_hostile_pickle(tmp_path, monkeypatch):
         pickle.dump(((np.zeros((1, 784), np.float32), RunsShell(marker)),), handle, protocol=2)
     monkeypatch.setenv("TLLAB_MIRROR", str(tmp_path))
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        data.load_mnist("train")
+        load_mnist("train")
     assert not marker.exists()
 
 
@@ -178,7 +207,7 @@ def test_restricted_unpickler_loads_numpy_arrays(tmp_path):
         # Protocol 4: Python 3's protocol 2 rebuilds bytes through _codecs.encode, which
         # the unpickler rightly refuses (the Python 2 file stores them as raw strings).
         pickle.dump(arrays, handle, protocol=4)
-    splits = data._mnist_from_pickle(tmp_path / "m.pkl.gz")
+    splits = _mnist_from_pickle(tmp_path / "m.pkl.gz")
     assert splits["val"][0].shape == (2, 28, 28) and splits["val"][0].max() == 128
     assert splits["test"][1].tolist() == [3, 4]
 
@@ -188,7 +217,7 @@ def test_restricted_unpickler_loads_numpy_arrays(tmp_path):
 
 def test_rotten_tomatoes_reviews_only():
     need("rotten_tomatoes")
-    texts, labels, names = data.load_rotten_tomatoes()
+    texts, labels, names = load_rotten_tomatoes()
     assert names == ["rotten", "fresh"] and len(texts) == len(labels) == 12808
     assert np.bincount(labels).tolist() == [5405, 7403]
     assert all(isinstance(t, str) and t for t in texts)
@@ -197,7 +226,7 @@ def test_rotten_tomatoes_reviews_only():
 
 def test_bbc_news_topics_and_headlines():
     need("bbc_news")
-    texts, labels, names, headlines = data.load_bbc_news()
+    texts, labels, names, headlines = load_bbc_news()
     assert len(texts) == 2225 and names == ["business", "entertainment", "politics", "sports", "tech"]
     assert np.bincount(labels).tolist() == [510, 386, 417, 511, 401]
     assert headlines[0] == "Ad sales boost Time Warner profit"
@@ -207,16 +236,16 @@ def test_bbc_news_topics_and_headlines():
 
 def test_tweets_sentiment():
     need("tweets_sentiment")
-    texts, labels, names = data.load_tweets_sentiment()
+    texts, labels, names = load_tweets_sentiment()
     assert names == ["negative", "neutral", "positive"] and len(texts) == 38158
     assert np.bincount(labels).tolist() == [16186, 15018, 6954]
     # The file has about 2,000 HTML entities; two tweets were escaped twice upstream
     # and keep one level after unescaping.
     assert sum("&amp;" in text or "&gt;" in text for text in texts) <= 2
-    confident = data.load_tweets_sentiment(min_confidence=0.9)
+    confident = load_tweets_sentiment(min_confidence=0.9)
     assert 0 < len(confident.texts) < len(texts)
     with pytest.raises(ValueError, match="min_confidence"):
-        data.load_tweets_sentiment(min_confidence=90)
+        load_tweets_sentiment(min_confidence=90)
 
 
 # ------------------------------------------------------------------ audio
@@ -224,23 +253,23 @@ def test_tweets_sentiment():
 
 def test_fsdd_table_and_upstream_split():
     need("fsdd")
-    table = data.load_fsdd()
+    table = load_fsdd()
     assert len(table) == 3000 and table["speaker"].nunique() == 6 and table["digit"].nunique() == 10
-    test = data.load_fsdd("test")
+    test = load_fsdd("test")
     assert len(test) == 300 and set(test["take"]) == {0, 1, 2, 3, 4}
     assert test.groupby(["speaker", "digit"]).size().eq(5).all()
-    assert len(data.load_fsdd("train")) == 2700
+    assert len(load_fsdd("train")) == 2700
 
 
 def test_load_audio_resamples_to_float32_mono():
     need("fsdd")
-    path = data.load_fsdd("test")["path"][0]
-    native = data.load_audio(path, sample_rate=8000)
-    wave = data.load_audio(path, sample_rate=16000)
+    path = load_fsdd("test")["path"][0]
+    native = load_audio(path, sample_rate=8000)
+    wave = load_audio(path, sample_rate=16000)
     assert wave.dtype == torch.float32 and wave.ndim == 1
     assert abs(len(wave) - 2 * len(native)) <= 1 and wave.abs().max() <= 1.0
     with pytest.raises(ValueError, match="positive integer"):
-        data.load_audio(path, sample_rate=0)
+        load_audio(path, sample_rate=0)
 
 
 # ------------------------------------------------------------------ subsets and splits
@@ -248,11 +277,11 @@ def test_load_audio_resamples_to_float32_mono():
 
 def test_balanced_subset_counts_and_seed():
     labels = np.repeat([0, 1, 2], [50, 20, 30])
-    idx = data.balanced_subset(labels, n_per_class=10, seed=1)
+    idx = balanced_subset(labels, n_per_class=10, seed=1)
     assert np.bincount(labels[idx]).tolist() == [10, 10, 10] and len(set(idx)) == 30
-    assert np.array_equal(idx, data.balanced_subset(labels, 10, seed=1))
-    assert not np.array_equal(idx, data.balanced_subset(labels, 10, seed=2))
-    assert len(data.balanced_subset(["cat", "dog", "dog", "cat"], 2, seed=0)) == 4
+    assert np.array_equal(idx, balanced_subset(labels, 10, seed=1))
+    assert not np.array_equal(idx, balanced_subset(labels, 10, seed=2))
+    assert len(balanced_subset(["cat", "dog", "dog", "cat"], 2, seed=0)) == 4
 
 
 @pytest.mark.parametrize("labels, n, message", [
@@ -262,14 +291,14 @@ def test_balanced_subset_counts_and_seed():
 ])
 def test_balanced_subset_errors(labels, n, message):
     with pytest.raises(ValueError, match=message):
-        data.balanced_subset(labels, n, seed=0)
+        balanced_subset(labels, n, seed=0)
 
 
 def test_split_is_fixed_by_seed_and_covers_everything():
     labels = np.repeat([0, 1], [80, 20])
-    first = data.train_val_test_split(labels, 0.1, 0.2, seed=0)
-    again = data.train_val_test_split(labels, 0.1, 0.2, seed=0)
-    other = data.train_val_test_split(labels, 0.1, 0.2, seed=1)
+    first = train_val_test_split(labels, 0.1, 0.2, seed=0)
+    again = train_val_test_split(labels, 0.1, 0.2, seed=0)
+    other = train_val_test_split(labels, 0.1, 0.2, seed=1)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first[2], other[2])
     assert np.array_equal(np.sort(np.concatenate(first)), np.arange(100))
@@ -279,49 +308,49 @@ def test_split_is_fixed_by_seed_and_covers_everything():
 
 
 def test_split_of_a_count_and_errors():
-    train, val, test = data.train_val_test_split(50, 0.2, 0.2, seed=3)
+    train, val, test = train_val_test_split(50, 0.2, 0.2, seed=3)
     assert (len(train), len(val), len(test)) == (30, 10, 10)
     with pytest.raises(ValueError, match="below 1"):
-        data.train_val_test_split(50, 0.5, 0.5, seed=0)
+        train_val_test_split(50, 0.5, 0.5, seed=0)
     with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
-        data.train_val_test_split(50, -0.1, 0.2, seed=0)
+        train_val_test_split(50, -0.1, 0.2, seed=0)
     with pytest.raises(ValueError, match="empty validation set"):
-        data.train_val_test_split(3, 0.1, 0.0, seed=0)
+        train_val_test_split(3, 0.1, 0.0, seed=0)
 
 
 # ------------------------------------------------------------------ transforms and datasets
 
 
 def test_image_transform_grey_and_rgb():
-    transform = data.image_transform(96, data.IMAGENET_MEAN, data.IMAGENET_STD)
+    transform = image_transform(96, IMAGENET_MEAN, IMAGENET_STD)
     grey = transform(np.full((28, 28), 255, np.uint8))
     assert grey.shape == (3, 96, 96) and grey.dtype == torch.float32
-    expected = (1 - torch.tensor(data.IMAGENET_MEAN)) / torch.tensor(data.IMAGENET_STD)
+    expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     torch.testing.assert_close(grey[:, 0, 0], expected)
     rgb = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     assert transform(rgb).shape == (3, 96, 96)
     from PIL import Image
     assert transform(Image.fromarray(rgb)).shape == (3, 96, 96)
-    augmented = data.image_transform(64, data.LITE_MEAN, data.LITE_STD, train=True)(rgb)
+    augmented = image_transform(64, LITE_MEAN, LITE_STD, train=True)(rgb)
     assert augmented.shape == (3, 64, 64) and augmented.min() >= -1 and augmented.max() <= 1
 
 
 def test_image_transform_refuses_float_images():
-    transform = data.image_transform(32)
+    transform = image_transform(32)
     with pytest.raises(TypeError, match="uint8"):
         transform(np.zeros((28, 28), np.float32))
     with pytest.raises(ValueError, match="size"):
-        data.image_transform(0)
+        image_transform(0)
 
 
 def test_array_image_dataset_batches():
     images = np.zeros((10, 28, 28), np.uint8)
-    dataset = data.ArrayImageDataset(images, np.arange(10) % 3, data.image_transform(32))
+    dataset = ArrayImageDataset(images, np.arange(10) % 3, image_transform(32))
     x, y = next(iter(DataLoader(dataset, batch_size=4)))
     assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64 and y.tolist() == [0, 1, 2, 0]
-    assert data.ArrayImageDataset(images)[0].shape == (28, 28)
+    assert ArrayImageDataset(images)[0].shape == (28, 28)
     with pytest.raises(ValueError, match="10 images but 3 labels"):
-        data.ArrayImageDataset(images, [0, 1, 2])
+        ArrayImageDataset(images, [0, 1, 2])
 
 
 class WordTokenizer:
@@ -336,15 +365,15 @@ class WordTokenizer:
 
 
 def test_text_dataset_pads_per_batch():
-    dataset = data.TextDataset(["a bb ccc", "dddd", "e f g h i j"], [0, 1, 0], WordTokenizer(), max_length=4)
+    dataset = TextDataset(["a bb ccc", "dddd", "e f g h i j"], [0, 1, 0], WordTokenizer(), max_length=4)
     batch = dataset.collate([dataset[0], dataset[1]])
     assert batch["input_ids"].tolist() == [[2, 3, 4], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [0, 1]
     assert len(dataset[2]["input_ids"]) == 4  # truncated to max_length
-    fixed = data.TextDataset(["a"], None, WordTokenizer(), max_length=5, padding="max_length")
+    fixed = TextDataset(["a"], None, WordTokenizer(), max_length=5, padding="max_length")
     assert fixed.collate([fixed[0]])["input_ids"].shape == (1, 5) and "labels" not in fixed[0]
-    left = data.TextCollator(pad_token_id=9, padding_side="left")
+    left = TextCollator(pad_token_id=9, padding_side="left")
     assert left([dataset[1], dataset[0]])["input_ids"].tolist() == [[9, 9, 5], [2, 3, 4]]
 
 
@@ -352,7 +381,7 @@ def test_text_dataset_with_a_real_tokenizer():
     model = need("minilm_l6")
     transformers = pytest.importorskip("transformers")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model.path))
-    dataset = data.TextDataset(["A fine film.", "Dull."], [1, 0], tokenizer, max_length=16)
+    dataset = TextDataset(["A fine film.", "Dull."], [1, 0], tokenizer, max_length=16)
     batch = next(iter(DataLoader(dataset, batch_size=2, collate_fn=dataset.collate)))
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 6)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.helpers import TinyNet, toy_loader
-from tlutils.features import LinearProbe, extract_features, feature_loader, train_linear_probe
-from tlutils.train import fit
+from tlutils.core.features import LinearProbe, extract_features, feature_loader, train_linear_probe
+from tlutils.core.train import fit
 
 
 class CountingBackbone(torch.nn.Module):

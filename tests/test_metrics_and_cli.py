@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tlutils.__main__ import main
-from tlutils.metrics import accuracy, confusion_matrix, macro_f1
+from tlutils.core.metrics import accuracy, confusion_matrix, macro_f1
 
 
 def test_metrics_on_a_known_case():
@@ -30,23 +30,19 @@ def test_assets_command_lists_every_asset(capsys):
 
 @pytest.fixture
 def two_assets():
-    from tlutils import assets
-    from tlutils.assets import Asset, Cache, register
+    from tlutils.core.sources import Asset, Cache
 
-    register(Asset("cli_good", "dataset", "builds", (Cache(lambda out, inputs: (out / "f").write_text("x")),),
-                   fix="nothing"))
-    register(Asset("cli_bad", "dataset", "cannot build", (Cache(),), fix="run the fixer"))
-    yield
-    for name in ("cli_good", "cli_bad"):
-        assets._REGISTRY.pop(name, None)
+    return (Asset("cli_good", "dataset", "builds", (Cache(lambda out, inputs: (out / "f").write_text("x")),),
+                  fix="nothing"),
+            Asset("cli_bad", "dataset", "cannot build", (Cache(),), fix="run the fixer"))
 
 
 def test_prepare_exit_codes(temp_cache, two_assets, capsys):
-    assert main(["prepare", "cli_good"]) == 0
+    assert main(["prepare", "cli_good"], two_assets) == 0
     assert "ok       cli_good" in capsys.readouterr().out
-    assert main(["prepare", "cli_bad"]) == 1
+    assert main(["prepare", "cli_bad"], two_assets) == 1
     assert "Fix: run the fixer" in capsys.readouterr().err
-    assert main(["prepare", "cli_good", "no_such_asset"]) == 2  # a typo is an error, not a silent no-op
+    assert main(["prepare", "cli_good", "no_such_asset"], two_assets) == 2  # a typo is an error, not a silent no-op
     assert "unknown asset name(s) no_such_asset" in capsys.readouterr().err
 
 
@@ -54,7 +50,7 @@ def test_bar_chart_puts_the_first_label_on_top_and_checks_lengths():
     import matplotlib
 
     matplotlib.use("Agg")
-    from tlutils.plots import bar_chart
+    from tlutils.core.plots import bar_chart
 
     fig = bar_chart(["pre-trained backbone", "random backbone"], [0.27, 0.001], "AP")
     ax = fig.axes[0]

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from tlutils.assets import AssetNotFoundError
-from tlutils.models import (imagenet_categories, load_efficientnet_lite0, load_mobilenet_v2, load_pretrained,
-                            load_text_encoder, load_torchvision_classic)
+from tlutils.core.models import (
+    imagenet_categories,
+    load_efficientnet_lite0,
+    load_mobilenet_v2,
+    load_pretrained,
+    load_text_encoder,
+    load_torchvision_classic,
+)
+from tlutils.core.sources import AssetNotFoundError
 
 
 def _photo(size: int, mean, std) -> torch.Tensor:

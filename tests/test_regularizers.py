@@ -5,12 +5,24 @@ import torch
 from torch import nn
 
 from tests.helpers import TinyNet, toy_loader
-from tlutils.regularizers import (PenalizedLoss, TwoHeadNet, fit_joint, gradient_norm_per_block, joint_accuracy,
-                                  joint_loss, l2_penalty, l2_sp_penalty, make_penalty, plot_lambda_sweep,
-                                  snapshot_weights, total_weight_distance, weight_distance_per_block)
-from tlutils.surgery import freeze_body_except_last
-from tlutils.train import fit
-from tlutils.utils import set_seed
+from tlutils.core.runtime import set_seed
+from tlutils.core.surgery import freeze_body_except_last
+from tlutils.core.train import fit
+from tlutils.course.mathematics import plot_lambda_sweep
+from tlutils.topics.regularizers import (
+    PenalizedLoss,
+    TwoHeadNet,
+    fit_joint,
+    gradient_norm_per_block,
+    joint_accuracy,
+    joint_loss,
+    l2_penalty,
+    l2_sp_penalty,
+    make_penalty,
+    snapshot_weights,
+    total_weight_distance,
+    weight_distance_per_block,
+)
 
 
 def _value(tensor: torch.Tensor) -> float:

@@ -4,12 +4,22 @@ import pytest
 import torch
 
 from tests.helpers import TinyNet, toy_loader
-from tlutils.regularizers import snapshot_weights
-from tlutils.strategies import (StrategyRun, accuracy_standard_error, feature_extraction, full_fine_tuning,
-                                gradual_unfreezing, grouped_block_lrs, layerwise_lr_fine_tuning,
-                                linear_probe_then_fine_tune, partial_fine_tuning, plot_strategy_table,
-                                plot_trainable_blocks, strategy_summary, trainable_parameters_per_block)
-from tlutils.utils import set_seed
+from tlutils.core.metrics import accuracy_standard_error
+from tlutils.core.plots import plot_trainable_blocks
+from tlutils.core.runtime import set_seed
+from tlutils.core.surgery import trainable_parameters_per_block
+from tlutils.course.strategy_table import plot_strategy_table, strategy_summary
+from tlutils.topics.regularizers import snapshot_weights
+from tlutils.topics.strategies import (
+    StrategyRun,
+    feature_extraction,
+    full_fine_tuning,
+    gradual_unfreezing,
+    grouped_block_lrs,
+    layerwise_lr_fine_tuning,
+    linear_probe_then_fine_tune,
+    partial_fine_tuning,
+)
 
 CPU = torch.device("cpu")
 

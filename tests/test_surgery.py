@@ -4,9 +4,20 @@ import pytest
 import torch
 
 from tests.helpers import TinyNet
-from tlutils.surgery import (freeze, freeze_body_except_last, head_name, layerwise_param_groups, model_blocks,
-                             param_group_table, parameter_count, pooled_body, replace_head, set_train_mode,
-                             trainable_parameter_count, unfreeze)
+from tlutils.core.surgery import (
+    freeze,
+    freeze_body_except_last,
+    head_name,
+    layerwise_param_groups,
+    model_blocks,
+    param_group_table,
+    parameter_count,
+    pooled_body,
+    replace_head,
+    set_train_mode,
+    trainable_parameter_count,
+    unfreeze,
+)
 
 
 def test_replace_head_changes_output_size_and_keeps_dropout():
@@ -81,7 +92,7 @@ def test_layerwise_groups_skip_frozen_and_check_lengths():
 
 
 def test_real_mobilenet_blocks_and_head():
-    from tlutils.models import load_mobilenet_v2
+    from tlutils.core.models import load_mobilenet_v2
 
     model = replace_head(load_mobilenet_v2(), 10)
     assert len(model_blocks(model)) == 19

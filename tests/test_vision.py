@@ -5,16 +5,21 @@ import pytest
 import torch
 from torch import nn
 
-from tlutils.assets import AssetNotFoundError
-from tlutils.features import feature_loader
-from tlutils.train import fit
-from tlutils.utils import set_seed
-from tlutils.vision import (MobileNetV2UNet, box_iou, build_mobilenet_faster_rcnn, build_mobilenet_unet,
-                            confident_mistakes, crop_tiles, detection_scores, dice_bce_loss, grad_cam,
-                            images_to_tensor, load_medical_task, load_tree_tiles, make_composite_scenes,
-                            make_lesion_task, mask_iou, mobilenet_v2_backbone, most_confused_pairs,
-                            pointing_chance, pointing_game, predict_boxes, predict_masks, recalibrate_batchnorm,
-                            show_detections, show_heatmaps, show_masks, train_detector)
+from tlutils.core.data import crop_tiles, load_tree_tiles
+from tlutils.core.datasets import images_to_tensor
+from tlutils.core.features import feature_loader
+from tlutils.core.metrics import box_iou, detection_scores, mask_iou
+from tlutils.core.models import mobilenet_v2_backbone
+from tlutils.core.plots import show_detections, show_heatmaps, show_masks
+from tlutils.core.runtime import set_seed
+from tlutils.core.sources import AssetNotFoundError
+from tlutils.core.train import fit
+from tlutils.course.medical import load_medical_task, make_lesion_task
+from tlutils.course.scenes import make_composite_scenes
+from tlutils.topics.adaptation import recalibrate_batchnorm
+from tlutils.topics.detection import build_mobilenet_faster_rcnn, predict_boxes, train_detector
+from tlutils.topics.explain import confident_mistakes, grad_cam, most_confused_pairs, pointing_chance, pointing_game
+from tlutils.topics.segmentation import MobileNetV2UNet, build_mobilenet_unet, dice_bce_loss, predict_masks
 
 CPU = torch.device("cpu")
 
@@ -232,7 +237,7 @@ def test_faster_rcnn_trains_and_predicts():
 
 
 def test_detection_backbone_carries_the_imagenet_weights():
-    from tlutils.models import load_mobilenet_v2
+    from tlutils.core.models import load_mobilenet_v2
 
     backbone = mobilenet_v2_backbone(pretrained=True, blocks=14)
     assert backbone.out_channels == 96
@@ -261,7 +266,7 @@ def test_composite_scenes_have_exact_masks():
 
 
 def test_unet_shapes_and_pretrained_encoder():
-    from tlutils.models import load_mobilenet_v2
+    from tlutils.core.models import load_mobilenet_v2
 
     unet = build_mobilenet_unet(num_classes=2, pretrained=True)
     assert torch.equal(unet.encoder[0][0].weight, load_mobilenet_v2().features[0][0].weight)

@@ -1,13 +1,62 @@
-"""tlutils: the code behind the Transfer Learning Lab notebooks.
+"""tlutils: the code behind the Transfer Learning Lab notebooks, in three layers.
 
-Modules:
-    assets: one resolver for pre-trained weights and data sets (offline first).
-    models: loaders that turn resolved assets into ready models.
-    data: data set loaders, balanced subsets, seeded splits, model-fitting transforms.
-    surgery: freeze, unfreeze, replace heads, count parameters, layer-wise parameter groups.
-    train: ``fit`` and ``evaluate`` for classifiers, with a self-plotting history.
-    features: frozen-backbone feature extraction with an on-disk cache.
-    metrics, plots, utils: the small helpers around them.
+core/     what any transfer-learning project needs (imports nothing above it)
+    paths       the project root and the cache folder
+    io          atomic writes, hashes, downloads
+    runtime     seeds (and seeded blocks that leave the global RNG alone), the device, argument checks
+    sources     asset records and their sources: mirror, pip or Debian package, cache, online
+    catalog     every model and data set of the course, as plain data
+    assets      the resolver: an asset name -> where it is, offline first
+    convert     one-time conversions (CTranslate2, GGUF, ONNX -> PyTorch), checked against the originals
+    data        every data set loader (images, text, audio, boxes)
+    datasets    seeded splits, transforms, torch Datasets, collators, length-grouped batches
+    models      every model loader (ImageNet CNNs, text encoders, SmolLM2, Whisper, GE2E, wav2vec 2.0)
+    surgery     heads, freezing, blocks, parameter counts, layer-wise parameter groups
+    train       the one training loop (fit with step functions), evaluate/predict, History, checkpoints
+    features    frozen-backbone features with a verified cache, linear probes
+    compare     the comparison protocol: arms x seeds, equal budgets, choices on validation, test once
+    metrics     every metric: classification, detection, segmentation, QA, ROUGE, WER
+    plots       every generic plot
+topics/   one module per technique (imports only core)
+    anatomy, architectures, regularizers, strategies, adaptation, peft, explain, detection,
+    segmentation, text, qa, language_models, speech, speaker
+course/   what only this course needs (may import anything)
+    exercises, widgets, curriculum, results, and the experiments of single notebooks:
+    mathematics (03), strategy_table (04), medical (05), scenes (06), text_comparison (07)
+
+The names the notebooks use most are importable from ``tlutils`` itself, for example
+``from tlutils import fit, set_seed``; each is the same object as in its home module.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+#: Short import paths: name -> home module (loaded on first use, so ``import tlutils`` stays light).
+SHORTCUTS = {
+    "set_seed": "tlutils.core.runtime", "get_device": "tlutils.core.runtime", "seeded": "tlutils.core.runtime",
+    "resolve": "tlutils.core.assets",
+    "fit": "tlutils.core.train", "evaluate": "tlutils.core.train", "predict": "tlutils.core.train",
+    "History": "tlutils.core.train",
+    "extract_features": "tlutils.core.features", "feature_loader": "tlutils.core.features",
+    "train_linear_probe": "tlutils.core.features",
+    "balanced_subset": "tlutils.core.datasets", "train_val_test_split": "tlutils.core.datasets",
+    "freeze": "tlutils.core.surgery", "unfreeze": "tlutils.core.surgery", "replace_head": "tlutils.core.surgery",
+    "parameter_count": "tlutils.core.surgery", "trainable_parameter_count": "tlutils.core.surgery",
+    "compare": "tlutils.core.compare", "assert_better": "tlutils.core.compare", "assert_tied": "tlutils.core.compare",
+    "check_number": "tlutils.course.exercises", "check_choice": "tlutils.course.exercises",
+}
+
+__all__ = sorted(SHORTCUTS)
+
+
+def __getattr__(name: str):
+    if name in SHORTCUTS:
+        return getattr(importlib.import_module(SHORTCUTS[name]), name)
+    raise AttributeError(f"module 'tlutils' has no attribute {name!r}; the modules are listed in help(tlutils)")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(SHORTCUTS))

@@ -6,16 +6,18 @@ import argparse
 import sys
 import time
 
-from tlutils.assets import AssetNotFoundError, registry, resolve, status_table
+from tlutils.core.assets import assets_by_name, resolve, status_table
+from tlutils.core.sources import AssetNotFoundError
 
 
-def print_assets() -> int:
+def print_assets(catalogue=None) -> int:
     """Print every asset with where it resolved from, or why not; return the exit code."""
-    rows = status_table(build=False)
+    rows = status_table(build=False, catalogue=catalogue)
+    assets = assets_by_name(catalogue)
     width = max(len(row["name"]) for row in rows)
     missing_offline = 0
     for row in rows:
-        offline = registry()[row["name"]].offline_capable
+        offline = assets[row["name"]].offline_capable
         if not row["problem"]:
             where = f"{row['source']:<8} {row['location']}"
         else:
@@ -33,7 +35,7 @@ def _installed_by_setup(asset) -> bool:
                for source in asset.sources)
 
 
-def prepare(names: list[str] | None = None) -> int:
+def prepare(names: list[str] | None = None, catalogue=None) -> int:
     """Resolve (and so convert or download) the assets; return the exit code.
 
     Without ``names``: every data set and every model with an offline source.
@@ -41,19 +43,20 @@ def prepare(names: list[str] | None = None) -> int:
     failure; the others (a Debian package, the internet once) are reported as
     skipped with the command that fixes them.
     """
-    unknown = [name for name in names or [] if name not in registry()]
+    assets = assets_by_name(catalogue)
+    unknown = [name for name in names or [] if name not in assets]
     if unknown:
-        print(f"unknown asset name(s) {', '.join(unknown)}; known assets: {', '.join(sorted(registry()))}",
+        print(f"unknown asset name(s) {', '.join(unknown)}; known assets: {', '.join(sorted(assets))}",
               file=sys.stderr)
         return 2
     failures = 0
-    for name, asset in sorted(registry().items()):
+    for name, asset in sorted(assets.items()):
         wanted = name in names if names else asset.offline_capable or asset.kind == "dataset"
         if not wanted:
             continue
         start = time.perf_counter()
         try:
-            found = resolve(name, build=True)
+            found = resolve(name, build=True, catalogue=catalogue)
             print(f"ok       {name:<20} {found.source:<8} {time.perf_counter() - start:6.1f} s  {found.location}")
         except AssetNotFoundError as error:
             if _installed_by_setup(asset) or names:
@@ -64,7 +67,7 @@ def prepare(names: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, catalogue=None) -> int:
     """The command line: ``assets`` lists where every asset resolves from, ``prepare`` builds them."""
     parser = argparse.ArgumentParser(prog="python -m tlutils", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     prep = commands.add_parser("prepare", help="run the one-time conversions into data/cache/")
     prep.add_argument("names", nargs="*", help="only these assets (default: every offline-capable one)")
     args = parser.parse_args(argv)
-    return print_assets() if args.command == "assets" else prepare(args.names)
+    return print_assets(catalogue) if args.command == "assets" else prepare(args.names, catalogue)
 
 
 if __name__ == "__main__":

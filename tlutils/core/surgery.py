@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-import torch
 from torch import nn
 
 HEAD_NAMES = ("classifier", "fc", "head", "score", "lm_head", "qa_outputs")
@@ -189,6 +188,14 @@ def freeze_body_except_last(model: nn.Module, k: int) -> nn.Module:
     return unfreeze(model, names)
 
 
+def conv_out_channels(body: nn.Module) -> int:
+    """Channel count of a convolutional body's output (its last conv layer's)."""
+    convs = [m for m in body.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(body).__name__} has no Conv2d layer, so its output channels are unknown")
+    return convs[-1].out_channels
+
+
 def parameter_count(model: nn.Module) -> int:
     """Total number of parameters."""
     return sum(p.numel() for p in model.parameters())
@@ -259,3 +266,15 @@ def param_group_table(optimizer_or_groups) -> str:
     total = sum(p.numel() for g in groups for p in g["params"])
     lines.append(f"{'total':<22}{'':>10}{total:>12,}")
     return "\n".join(lines)
+
+
+def trainable_parameters_per_block(model: nn.Module) -> list[dict]:
+    """For every body block and the head: ``block``, ``params`` and ``trainable`` counts."""
+    named = model_blocks(model) + [(head_name(model), getattr(model, head_name(model)))]
+    rows = []
+    for name, module in named:
+        params = list(module.parameters())
+        if params:
+            rows.append({"block": name, "params": sum(p.numel() for p in params),
+                         "trainable": sum(p.numel() for p in params if p.requires_grad)})
+    return rows

@@ -1,10 +1,11 @@
-"""Seeding, device and argument-checking helpers."""
+"""Seeding, device choice and argument checks shared by every layer."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,46 @@ def set_seed(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Run a block with Python, NumPy and PyTorch seeded, then restore their previous states.
+
+    Inside the block the numbers are those of :func:`set_seed` (``seed``); after it, the
+    global generators continue as if the block had never run. ``seed=None`` runs the
+    block on the current global state, unseeded and unrestored.
+
+    Example:
+        >>> with seeded(0):
+        ...     a = torch.rand(1)
+        >>> with seeded(0):
+        ...     b = torch.rand(1)
+        >>> bool(a == b)
+        True
+    """
+    if seed is None:
+        yield
+        return
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    hash_seed = os.environ.get("PYTHONHASHSEED")
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        set_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+            if hash_seed is None:
+                os.environ.pop("PYTHONHASHSEED", None)
+            else:
+                os.environ["PYTHONHASHSEED"] = hash_seed
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """The device convention of every function: ``None`` means :func:`get_device`."""
+    return get_device() if device is None else torch.device(device)
 
 
 def get_device(prefer: str | None = None) -> torch.device:

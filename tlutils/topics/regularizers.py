@@ -1,37 +1,25 @@
-"""The mathematics of fine-tuning, as code: joint losses, L2-SP and per-block diagnostics.
+"""The mathematics of fine-tuning as code: penalties, distances, gradients and the joint objective.
 
-Three ideas from the theory of transfer learning, each small enough to read:
-
-* **Joint training** minimises ``L_total = L_source + lambda * L_target`` over a
-  shared body with one head per task (:class:`TwoHeadNet`, :func:`fit_joint`).
-* **L2-SP** ("starting point") regularises fine-tuning towards the pre-trained
-  weights ``w0`` instead of towards zero:
-  ``alpha/2 * ||w_body - w0||^2 + beta/2 * ||w_head||^2`` (:func:`l2_sp_penalty`),
-  where plain weight decay is ``alpha/2 * ||w||^2`` (:func:`l2_penalty`).
-* **Diagnostics** per block of a network: how far fine-tuning moved the weights
-  from their start (:func:`weight_distance_per_block`) and which blocks received
-  gradients (:func:`gradient_norm_per_block`).
-
-Example:
-    >>> start = snapshot_weights(model)
-    >>> loss_fn = PenalizedLoss(lambda: l2_sp_penalty(model, start, alpha=0.1))
-    >>> history = fit(model, train_loader, val_loader, loss_fn=loss_fn)
-    >>> weight_distance_per_block(model, start)
+* :func:`l2_penalty` pulls weights to zero; :func:`l2_sp_penalty` pulls the body back
+  to its pre-trained starting point (L2-SP, Li et al. 2018); :class:`PenalizedLoss`
+  adds either to a task loss.
+* :func:`weight_distance_per_block` and :func:`gradient_norm_per_block` show how far
+  training moves each block and which blocks receive gradient.
+* :class:`TwoHeadNet` and :func:`joint_step` train ``L_source + lambda * L_target``
+  through :func:`~tlutils.core.train.fit` (:func:`fit_joint`).
 """
 
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from tlutils.surgery import belongs_to, head_name, model_blocks, set_train_mode
-from tlutils.train import History, unpack_batch
-
-# ------------------------------------------------------------------ weights and penalties
+from tlutils.core.runtime import resolve_device
+from tlutils.core.surgery import belongs_to, head_name, model_blocks
+from tlutils.core.train import History, Loss, Step, fit, map_batches, unpack_batch
 
 
 def snapshot_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -130,7 +118,7 @@ class PenalizedLoss(nn.Module):
     """Cross-entropy plus a regularisation penalty, usable as ``fit(..., loss_fn=...)``.
 
     The penalty is added only while training (when the logits carry gradients), so
-    the validation loss that :func:`~tlutils.train.fit` records stays plain
+    the validation loss that :func:`~tlutils.core.train.fit` records stays plain
     cross-entropy and runs with different penalties can be compared directly.
 
     Args:
@@ -151,7 +139,35 @@ class PenalizedLoss(nn.Module):
         return loss + self.penalty().to(loss.device) if logits.requires_grad else loss
 
 
-# ------------------------------------------------------------------ per-block diagnostics
+PENALTY_KINDS = ("none", "l2", "l2_sp")
+
+
+def make_penalty(kind: str, model: nn.Module, reference: dict[str, torch.Tensor] | None = None,
+                 alpha: float = 0.0, beta: float | None = None) -> Callable[[], torch.Tensor]:
+    """A penalty function for :class:`PenalizedLoss`, chosen by name.
+
+    Args:
+        kind: ``"none"``, ``"l2"`` (pull every weight towards zero) or ``"l2_sp"``
+            (pull the body towards ``reference``, the head towards zero).
+        model: The network being trained.
+        reference: The starting point (needed for ``"l2_sp"``).
+        alpha: Strength of the pull.
+        beta: Head weight decay for ``"l2_sp"``; default ``alpha``, so that L2 and L2-SP
+            differ only in where they pull the body.
+
+    Returns:
+        A function without arguments that returns the penalty as a scalar tensor.
+    """
+    if kind not in PENALTY_KINDS:
+        raise ValueError(f"unknown penalty {kind!r}; choose one of {PENALTY_KINDS}")
+    _check_strength("alpha", alpha)
+    if kind == "none":
+        return lambda: torch.zeros(())
+    if kind == "l2":
+        return lambda: l2_penalty(model, alpha)
+    if reference is None:
+        raise ValueError("the l2_sp penalty needs reference=snapshot_weights(model), taken before training")
+    return lambda: l2_sp_penalty(model, reference, alpha, alpha if beta is None else beta)
 
 
 def _named_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -225,9 +241,6 @@ def gradient_norm_per_block(model: nn.Module) -> list[dict]:
     return rows
 
 
-# ------------------------------------------------------------------ joint source + target training
-
-
 class TwoHeadNet(nn.Module):
     """A shared body with one head per task: ``model(x, task)`` for task ``"source"`` or ``"target"``.
 
@@ -262,35 +275,65 @@ def joint_loss(source_loss: torch.Tensor, target_loss: torch.Tensor, lam: float)
     return source_loss + lam * target_loss
 
 
-def _joint_step(model: TwoHeadNet, source_batch, target_batch, lam: float, device: torch.device,
-                loss_fn: nn.Module) -> tuple[torch.Tensor, float, float]:
-    source_x, source_y = unpack_batch(source_batch, device)
-    target_x, target_y = unpack_batch(target_batch, device)
-    source_loss = loss_fn(model(source_x, "source"), source_y)
-    target_loss = loss_fn(model(target_x, "target"), target_y)
-    return joint_loss(source_loss, target_loss, lam), source_loss.item(), target_loss.item()
+def joint_step(lam: float, loss_fn: nn.Module | None = None) -> Step:
+    """The step function of ``L_source + lam * L_target`` for :func:`~tlutils.core.train.fit`.
+
+    Each batch is a ``(source_batch, target_batch)`` pair (see :class:`JointBatches`);
+    the two task losses are logged as ``source_loss`` and ``target_loss``.
+
+    Args:
+        lam: Weight of the target loss, ``>= 0``.
+        loss_fn: Loss of each head; cross-entropy by default.
+    """
+    _check_strength("lam", lam)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+
+    def step(model: TwoHeadNet, batch, device: torch.device) -> Loss:
+        (source_x, source_y), (target_x, target_y) = (unpack_batch(part, device) for part in batch)
+        source_loss = loss_fn(model(source_x, "source"), source_y)
+        target_loss = loss_fn(model(target_x, "target"), target_y)
+        return Loss(joint_loss(source_loss, target_loss, lam),
+                    {"source_loss": source_loss.item(), "target_loss": target_loss.item()})
+
+    return step
 
 
-@torch.no_grad()
-def joint_accuracy(model: TwoHeadNet, loader, task: str, device: torch.device) -> float:
+class JointBatches:
+    """Pairs of one source and one target batch; an epoch is one pass over the source loader.
+
+    The (usually smaller) target loader is cycled: its batches of the epoch's first pass
+    repeat until the source batches run out.
+    """
+
+    def __init__(self, source_loader, target_loader):
+        if len(source_loader) == 0 or len(target_loader) == 0:
+            raise ValueError("source_loader and target_loader must both yield batches")
+        self.source_loader, self.target_loader = source_loader, target_loader
+
+    def __len__(self) -> int:
+        return len(self.source_loader)
+
+    def __iter__(self):
+        return zip(self.source_loader, itertools.cycle(self.target_loader))
+
+
+def joint_accuracy(model: TwoHeadNet, loader, task: str, device: torch.device | None = None) -> float:
     """Accuracy of one head of a :class:`TwoHeadNet` on ``loader``."""
+    device = resolve_device(device)
     model.eval().to(device)
-    correct, count = 0, 0
-    for batch in loader:
-        inputs, targets = unpack_batch(batch, device)
-        correct += int((model(inputs, task).argmax(-1) == targets).sum())
-        count += len(targets)
-    if count == 0:
-        raise ValueError("the evaluation loader is empty: it yielded no batches")
-    return correct / count
+    counts = map_batches(lambda inputs, targets: (int((model(inputs, task).argmax(-1) == targets).sum()),
+                                                  len(targets)), loader, device)
+    return sum(correct for correct, _ in counts) / sum(n for _, n in counts)
 
 
 def fit_joint(model: TwoHeadNet, source_loader, target_loader, lam: float, *, epochs: int, lr: float,
-              device: torch.device, source_val=None, target_val=None, weight_decay: float = 0.0) -> History:
+              device: torch.device | None = None, source_val=None, target_val=None, weight_decay: float = 0.0,
+              seed: int | None = None, progress: bool = False) -> History:
     """Minimise ``L_source + lam * L_target`` with AdamW, one source and one target batch per step.
 
-    An epoch is one pass over ``source_loader``; the (usually smaller) target loader is
-    cycled. Seed before calling for a reproducible run.
+    :func:`joint_step` passed to :func:`~tlutils.core.train.fit`, which brings the progress bar,
+    the non-finite-loss check and the :class:`~tlutils.core.train.History`. An epoch is one pass
+    over ``source_loader``; the target loader is cycled (:class:`JointBatches`).
 
     Args:
         model: A :class:`TwoHeadNet`.
@@ -299,98 +342,22 @@ def fit_joint(model: TwoHeadNet, source_loader, target_loader, lam: float, *, ep
         lam: Weight of the target loss, ``>= 0``.
         epochs: Passes over the source data.
         lr: AdamW learning rate.
-        device: Where to train.
+        device: Where to train; ``None`` picks :func:`~tlutils.core.runtime.get_device`.
         source_val: Optional loader; adds ``val_source_accuracy`` to each epoch.
         target_val: Optional loader; adds ``val_target_accuracy`` to each epoch.
         weight_decay: AdamW weight decay.
+        seed: Seeds the run (``None``: seed before calling for a reproducible run).
+        progress: Show a progress bar.
 
     Returns:
-        A :class:`~tlutils.train.History` with ``train_loss`` (the joint loss),
-        ``source_loss`` and ``target_loss`` per epoch.
+        A :class:`~tlutils.core.train.History` with ``train_loss`` (the joint loss),
+        ``source_loss`` and ``target_loss`` per epoch (means over the steps).
     """
-    _check_strength("lam", lam)
-    if len(source_loader) == 0 or len(target_loader) == 0:
-        raise ValueError("source_loader and target_loader must both yield batches")
-    model.to(device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=weight_decay)
-    loss_fn, history = nn.CrossEntropyLoss(), History()
-    for epoch in range(1, epochs + 1):
-        start, sums = time.perf_counter(), torch.zeros(3)
-        set_train_mode(model)
-        for source_batch, target_batch in zip(source_loader, itertools.cycle(target_loader)):
-            loss, source_loss, target_loss = _joint_step(model, source_batch, target_batch, lam, device, loss_fn)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.tensor([loss.item(), source_loss, target_loss])
-        means = (sums / len(source_loader)).tolist()
-        row = {"epoch": epoch, "lr": lr, "train_loss": means[0], "source_loss": means[1], "target_loss": means[2]}
-        for task, loader in (("source", source_val), ("target", target_val)):
-            if loader is not None:
-                row[f"val_{task}_accuracy"] = joint_accuracy(model, loader, task, device)
-        row["seconds"] = time.perf_counter() - start
-        history.epochs.append(row)
-    return history
+    scorers = {task: loader for task, loader in (("source", source_val), ("target", target_val)) if loader is not None}
 
+    def validate(trained: TwoHeadNet, on: torch.device) -> dict:
+        return {f"{task}_accuracy": joint_accuracy(trained, loader, task, on) for task, loader in scorers.items()}
 
-PENALTY_KINDS = ("none", "l2", "l2_sp")
-
-
-def make_penalty(kind: str, model: nn.Module, reference: dict[str, torch.Tensor] | None = None,
-                 alpha: float = 0.0, beta: float | None = None) -> Callable[[], torch.Tensor]:
-    """A penalty function for :class:`PenalizedLoss`, chosen by name.
-
-    Args:
-        kind: ``"none"``, ``"l2"`` (pull every weight towards zero) or ``"l2_sp"``
-            (pull the body towards ``reference``, the head towards zero).
-        model: The network being trained.
-        reference: The starting point (needed for ``"l2_sp"``).
-        alpha: Strength of the pull.
-        beta: Head weight decay for ``"l2_sp"``; default ``alpha``, so that L2 and L2-SP
-            differ only in where they pull the body.
-
-    Returns:
-        A function without arguments that returns the penalty as a scalar tensor.
-    """
-    if kind not in PENALTY_KINDS:
-        raise ValueError(f"unknown penalty {kind!r}; choose one of {PENALTY_KINDS}")
-    _check_strength("alpha", alpha)
-    if kind == "none":
-        return lambda: torch.zeros(())
-    if kind == "l2":
-        return lambda: l2_penalty(model, alpha)
-    if reference is None:
-        raise ValueError("the l2_sp penalty needs reference=snapshot_weights(model), taken before training")
-    return lambda: l2_sp_penalty(model, reference, alpha, alpha if beta is None else beta)
-
-
-def plot_lambda_sweep(lambdas: Sequence[float], source_accuracy: Sequence[float],
-                      target_accuracy: Sequence[float], highlight: float | None = None, title: str = ""):
-    """Source and target accuracy against the target weight ``lambda`` (symmetric-log x axis).
-
-    Args:
-        lambdas: The swept values (0 allowed).
-        source_accuracy, target_accuracy: One accuracy per lambda.
-        highlight: A lambda to mark with a vertical line (e.g. the slider's value).
-        title: Figure title.
-
-    Returns:
-        The matplotlib figure.
-    """
-    import matplotlib.pyplot as plt
-
-    if not len(lambdas) == len(source_accuracy) == len(target_accuracy):
-        raise ValueError("lambdas, source_accuracy and target_accuracy need one value each per run")
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    ax.plot(lambdas, source_accuracy, "o-", label="source task (Fashion-MNIST)")
-    ax.plot(lambdas, target_accuracy, "s-", label="target task (MNIST)")
-    if highlight is not None:
-        ax.axvline(highlight, color="grey", linestyle="--", label=f"lambda = {highlight:g}")
-    positive = [lam for lam in lambdas if lam > 0] or [1.0]
-    ax.set_xscale("symlog", linthresh=min(positive))
-    ax.set(xlabel="lambda (weight of the target loss)", ylabel="test accuracy", ylim=(0, 1),
-           title=title or "L_total = L_source + lambda * L_target")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return fit(model, JointBatches(source_loader, target_loader), epochs=epochs, lr=lr, weight_decay=weight_decay,
+               step=joint_step(lam), validate=validate if scorers else None, monitor=None, device=device,
+               seed=seed, progress=progress, desc=f"lambda = {lam:g}")

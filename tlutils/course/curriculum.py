@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from tlutils.assets import project_root
+from tlutils.core.paths import project_root
 
 #: (file, guide section, what the learner does) for every notebook, in order.
 NOTEBOOKS = (

@@ -11,12 +11,13 @@ Example:
 
 from __future__ import annotations
 
-
 import torch
 import torchvision
 from torch import nn
 
-from tlutils.assets import Resolved, resolve
+from tlutils.core.assets import resolve
+from tlutils.core.sources import Resolved
+from tlutils.core.surgery import conv_out_channels
 
 TORCHVISION_CLASSICS = ("resnet18", "resnet50", "vgg16", "inception_v3")
 HUB_CLASSICS = ("bert-base-uncased", "roberta-base", "gpt2", "wav2vec2-base")
@@ -49,7 +50,7 @@ def load_efficientnet_lite0(pretrained: bool = True) -> nn.Module:
 
     The offline weights use another library's key names but the same parameter
     order and shapes, so they are mapped positionally after checking every shape.
-    Inputs are normalised with mean = std = 0.5 (``tlutils.data.LITE_MEAN``).
+    Inputs are normalised with mean = std = 0.5 (``tlutils.core.datasets.LITE_MEAN``).
     """
     import timm
 
@@ -117,7 +118,7 @@ def load_pretrained(name: str):
     """Load a pre-trained image, text or Whisper model by its asset name.
 
     The GE2E speaker encoder and wav2vec 2.0 have their own loaders in
-    :mod:`tlutils.audio` (:func:`~tlutils.audio.load_ge2e`, :func:`~tlutils.audio.load_wav2vec2_asr`).
+    :mod:`tlutils.audio` (:func:`~tlutils.core.models.load_ge2e`, :func:`~tlutils.core.models.load_wav2vec2_asr`).
 
     Returns:
         The model, or ``(tokenizer_or_processor, model)`` for text and speech models.
@@ -132,3 +133,91 @@ def load_pretrained(name: str):
     if name not in loaders:
         raise ValueError(f"no model loader for {name!r}; choose one of {sorted(loaders)}")
     return loaders[name]()
+
+
+def mobilenet_v2_backbone(pretrained: bool = True, blocks: int = 14) -> nn.Sequential:
+    """The first ``blocks`` blocks of MobileNetV2's ``features`` as a detection backbone.
+
+    ``blocks=14`` ends after the last 96-channel block (stride 16), fine enough for
+    small objects; ``blocks=19`` is the whole body (1280 channels, stride 32).
+
+    Args:
+        pretrained: ImageNet weights (``True``) or a random initialisation.
+        blocks: How many blocks of ``features`` to keep (1-19).
+
+    Returns:
+        An ``nn.Sequential`` with an ``out_channels`` attribute (what torchvision's
+        detectors need).
+    """
+
+    features = load_mobilenet_v2(pretrained=pretrained).features
+    if not 1 <= blocks <= len(features):
+        raise ValueError(f"blocks must be between 1 and {len(features)}, got {blocks}")
+    body = nn.Sequential(*features[:blocks])
+    body.out_channels = conv_out_channels(body)
+    return body
+
+
+#: Resemblyzer's GE2E front end: 40 mel bands, 25 ms windows, 10 ms hop, 1.6 s partials.
+GE2E_N_MELS = 40
+
+
+class GE2EEncoder(nn.Module):
+    """The GE2E speaker encoder (Resemblyzer's architecture).
+
+    Three LSTM layers (40 mel bands -> 256), the last hidden state, a linear layer,
+    ReLU and L2 normalisation: one 256-d unit vector per utterance, trained with
+    the generalised end-to-end loss so that clips of one voice point the same way.
+    """
+
+    def __init__(self, n_mels: int = GE2E_N_MELS, hidden_size: int = 256, embedding_size: int = 256,
+                 num_layers: int = 3):
+        super().__init__()
+        self.lstm = nn.LSTM(n_mels, hidden_size, num_layers, batch_first=True)
+        self.linear = nn.Linear(hidden_size, embedding_size)
+        self.relu = nn.ReLU()
+
+    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+        """``N x frames x 40`` mel power spectrogram -> ``N x 256`` unit-length embeddings."""
+        _, (hidden, _) = self.lstm(mels)
+        embedding = self.relu(self.linear(hidden[-1]))
+        return embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def load_ge2e() -> GE2EEncoder:
+    """The pre-trained GE2E speaker encoder (Resemblyzer's ``pretrained.pt``), in eval mode.
+
+    The checkpoint also holds the training loss's similarity scale and bias; they
+    are not part of the encoder and are left out.
+
+    Raises:
+        ValueError: the file does not hold the expected LSTM and linear weights.
+    """
+    checkpoint = torch.load(resolve("ge2e_speaker").file(".pt"), map_location="cpu", weights_only=True)
+    state = checkpoint.get("model_state", checkpoint)
+    encoder = GE2EEncoder()
+    wanted = set(encoder.state_dict())
+    weights = {k: v for k, v in state.items() if k in wanted}
+    if set(weights) != wanted:
+        raise ValueError(f"the GE2E checkpoint lacks {sorted(wanted - set(weights))}; is it Resemblyzer's pretrained.pt?")
+    encoder.load_state_dict(weights)
+    return encoder.eval()
+
+
+def load_wav2vec2_asr():
+    """wav2vec 2.0 base fine-tuned with CTC on LibriSpeech 960 h, from torchaudio's pipeline.
+
+    The weights are resolved like every other asset (``wav2vec2_asr_base_960h``:
+    the project cache, then download.pytorch.org), so offline this raises
+    :class:`~tlutils.core.sources.AssetNotFoundError` with the fix instead of a network error.
+
+    Returns:
+        ``(model, labels)``: the ``Wav2Vec2Model`` in eval mode and its CTC alphabet
+        (index 0 is the blank, ``|`` is the word separator).
+    """
+    from torchaudio.pipelines import WAV2VEC2_ASR_BASE_960H as bundle
+
+    folder = resolve("wav2vec2_asr_base_960h").path
+    # torch.hub finds the file already in model_dir and does not download it again.
+    model = bundle.get_model(dl_kwargs={"model_dir": str(folder), "weights_only": True})
+    return model.eval(), bundle.get_labels()

@@ -1,19 +1,10 @@
-"""One resolver for every pre-trained model and data set the course uses.
+"""Asset records and their sources: a mirror folder, a pip or Debian package, the cache, online.
 
-Each asset has an ordered list of sources and the first that works wins:
-
-1. a local mirror folder named by ``$TLLAB_MIRROR`` (CI points it at a shared copy);
-2. a file shipped inside an installed pip package or a Debian package;
-3. the project's own cache under ``data/cache/`` (built once, written atomically);
-4. the canonical online source (torchvision, the Hugging Face Hub, the data set's URL).
-
-When none works, :class:`AssetNotFoundError` names the asset, every source tried
-with the reason it failed, and the one command that fixes it.
-
-Example:
-    >>> from tlutils.assets import resolve
-    >>> resolve("mobilenet_v2").source
-    'package'
+An :class:`Asset` is plain data: a name, a kind and an ordered tuple of sources.
+Each :class:`Source` knows how to find (and, for the cache, build) its file or
+folder, or raises :class:`SourceMiss` with the reason. The catalogue of every
+asset is :data:`tlutils.core.catalog.CATALOGUE`; :mod:`tlutils.core.assets`
+resolves names against it.
 """
 
 from __future__ import annotations
@@ -25,12 +16,14 @@ import urllib.parse
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-from tlutils.io import atomic_dir, is_complete_dir
+from tlutils.core.io import atomic_dir, is_complete_dir
+from tlutils.core.paths import cache_dir
 
 MIRROR_ENV = "TLLAB_MIRROR"
-CACHE_ENV = "TLLAB_CACHE"
+
+
 OFFLINE_ENV = "TLLAB_OFFLINE"
 
 
@@ -39,7 +32,7 @@ class AssetError(RuntimeError):
 
 
 class UnknownAssetError(AssetError):
-    """Raised for a name that is not in the registry."""
+    """Raised for a name that is not in the catalogue."""
 
 
 class AssetNotFoundError(AssetError):
@@ -48,16 +41,6 @@ class AssetNotFoundError(AssetError):
 
 class SourceMiss(Exception):
     """A single source could not provide the asset (the reason is the message)."""
-
-
-def project_root() -> Path:
-    """Return the folder that holds ``tlutils/``, ``notebooks/`` and ``data/``."""
-    return Path(__file__).resolve().parents[1]
-
-
-def cache_dir() -> Path:
-    """Return the project's cache folder (``$TLLAB_CACHE`` or ``data/cache``)."""
-    return Path(os.environ.get(CACHE_ENV) or project_root() / "data" / "cache")
 
 
 def is_offline() -> bool:
@@ -110,13 +93,23 @@ class Resolved:
         return files[0]
 
 
+#: Resolves an asset name to its path; the resolver hands one to every source.
+Finder = Callable[[str], Path]
+
+
 class Source:
     """One place an asset may come from. Subclasses implement :meth:`locate`."""
 
     kind = "source"
 
-    def locate(self, asset: "Asset", build: bool) -> str:
-        """Return the asset's location or raise :class:`SourceMiss` with the reason."""
+    def locate(self, asset: "Asset", build: bool, find: Finder) -> str:
+        """Return the asset's location or raise :class:`SourceMiss` with the reason.
+
+        Args:
+            asset: The asset being resolved.
+            build: Allow builds and downloads into the cache.
+            find: Resolves another asset's name to its path (the inputs of a conversion).
+        """
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -131,7 +124,7 @@ class Mirror(Source):
     relpath: str
     kind = "mirror"
 
-    def locate(self, asset: "Asset", build: bool) -> str:
+    def locate(self, asset: "Asset", build: bool, find: Finder) -> str:
         root = os.environ.get(MIRROR_ENV)
         if not root:
             raise SourceMiss(f"${MIRROR_ENV} is not set")
@@ -152,7 +145,7 @@ class Package(Source):
     relpath: str
     kind = "package"
 
-    def locate(self, asset: "Asset", build: bool) -> str:
+    def locate(self, asset: "Asset", build: bool, find: Finder) -> str:
         try:
             dist = importlib.metadata.distribution(self.distribution)
         except importlib.metadata.PackageNotFoundError:
@@ -174,7 +167,7 @@ class Debian(Source):
     package: str
     kind = "debian"
 
-    def locate(self, asset: "Asset", build: bool) -> str:
+    def locate(self, asset: "Asset", build: bool, find: Finder) -> str:
         if not Path(self.path).exists():
             raise SourceMiss(f"{self.path} is missing (Debian package {self.package})")
         return self.path
@@ -204,7 +197,7 @@ class Cache(Source):
         """Where the asset lives in the cache: ``data/cache/<name>``."""
         return cache_dir() / asset.name
 
-    def locate(self, asset: "Asset", build: bool) -> str:
+    def locate(self, asset: "Asset", build: bool, find: Finder) -> str:
         folder = self.folder(asset)
         if is_complete_dir(folder):
             return str(folder)
@@ -214,7 +207,7 @@ class Cache(Source):
         if not build:
             raise SourceMiss(f"{folder} {state}; `python -m tlutils prepare` builds it")
         try:
-            inputs = {need: resolve(need).path for need in self.needs}
+            inputs = {need: find(need) for need in self.needs}
         except AssetNotFoundError as error:
             raise SourceMiss(f"{folder} {state} and cannot be built: {error}") from None
         with atomic_dir(folder) as tmp:
@@ -239,7 +232,7 @@ class Online(Source):
     fetch: Callable[[Path], None] | None = None
     kind = "online"
 
-    def locate(self, asset: "Asset", build: bool) -> str:
+    def locate(self, asset: "Asset", build: bool, find: Finder) -> str:
         if is_offline():
             raise SourceMiss(f"offline mode (${OFFLINE_ENV}=1): {self.url} not tried")
         url = urllib.parse.urlparse(self.url)
@@ -283,80 +276,3 @@ class Asset:
         """
         return any(source.kind in {"package", "debian"}
                    or (source.kind == "cache" and source.builder is not None) for source in self.sources)
-
-
-_REGISTRY: dict[str, Asset] = {}
-
-
-def register(asset: Asset) -> Asset:
-    """Add an asset to the registry (a name may be registered once)."""
-    if asset.name in _REGISTRY:
-        raise AssetError(f"asset {asset.name!r} is registered twice")
-    _REGISTRY[asset.name] = asset
-    return asset
-
-
-def registry() -> dict[str, Asset]:
-    """Return all registered assets by name (the catalogue is loaded on first use)."""
-    import tlutils.catalog  # noqa: F401  (registers the assets)
-
-    return _REGISTRY
-
-
-def get_asset(name: str) -> Asset:
-    """Return the registered asset, or raise :class:`UnknownAssetError` listing the names."""
-    assets = registry()
-    if name not in assets:
-        known = ", ".join(sorted(assets))
-        raise UnknownAssetError(f"unknown asset {name!r}; known assets: {known}")
-    return assets[name]
-
-
-def resolve(name: str, build: bool = True, sources: Sequence[str] | None = None) -> Resolved:
-    """Find an asset, trying its sources in order.
-
-    Args:
-        name: Registered asset name, for example ``"mobilenet_v2"``.
-        build: Allow cache builds (conversions) and downloads into the cache.
-        sources: Restrict to these source kinds, for example ``("mirror", "package")``.
-
-    Returns:
-        A :class:`Resolved` naming the source and location.
-
-    Raises:
-        UnknownAssetError: ``name`` is not registered.
-        AssetNotFoundError: no source worked; the message lists each reason and the fix.
-    """
-    asset = get_asset(name)
-    reasons = []
-    for source in asset.sources:
-        if sources is not None and source.kind not in sources:
-            continue
-        try:
-            return Resolved(name, source.kind, source.locate(asset, build))
-        except SourceMiss as miss:
-            reasons.append(f"  - {source.describe()}: {miss}")
-    tried = "\n".join(reasons) or "  (no source of the requested kinds)"
-    raise AssetNotFoundError(
-        f"asset {name!r} ({asset.description}) was not found.\nSources tried, in order:\n"
-        f"{tried}\nFix: {asset.fix}"
-    )
-
-
-def status_table(build: bool = False) -> list[dict]:
-    """Resolve every asset without side effects and report where it came from.
-
-    Returns:
-        One row per asset with ``name``, ``kind``, ``source``, ``location`` and
-        ``problem`` (empty when resolved).
-    """
-    rows = []
-    for name, asset in sorted(registry().items(), key=lambda item: (item[1].kind, item[0])):
-        try:
-            found = resolve(name, build=build)
-            rows.append(dict(name=name, kind=asset.kind, source=found.source,
-                             location=found.location, problem=""))
-        except AssetNotFoundError as error:
-            problem = str(error).splitlines()[-1].removeprefix("Fix: ")
-            rows.append(dict(name=name, kind=asset.kind, source="-", location="-", problem=problem))
-    return rows

@@ -1,0 +1,1 @@
+"""One module per technique the course teaches. Topics import only the core layer."""

@@ -1,0 +1,209 @@
+"""Text classification on a pre-trained encoder (BERT family), and the TF-IDF baseline without pre-training.
+
+:func:`pool_hidden_states` turns token states into one vector per text ([CLS] token
+or masked mean), :class:`PooledEncoder` wraps an encoder for
+:func:`~tlutils.core.features.extract_features`, :class:`EncoderClassifier` adds a
+linear head for :func:`~tlutils.core.train.fit`; :func:`fit_tfidf_logreg` is the
+no-pre-training baseline.
+
+Example:
+    >>> tokenizer, encoder = load_text_encoder("minilm_l6")
+    >>> model = EncoderClassifier(encoder, num_classes=2, pooling="mean")
+    >>> loader = text_loader(texts, labels, tokenizer, max_length=64, batch_size=16, shuffle=True, seed=0)
+    >>> history = fit(model, loader, epochs=2, lr=5e-5)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlutils.core.datasets import text_loader
+from tlutils.core.runtime import check_one_of
+
+POOLINGS = ("cls", "mean")
+
+
+def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """Turn per-token hidden states into one vector per text.
+
+    Args:
+        hidden: ``batch x tokens x dim`` last hidden states of an encoder.
+        attention_mask: ``batch x tokens``, 1 for real tokens and 0 for padding.
+        pooling: ``"cls"`` takes the first token (BERT's ``[CLS]``); ``"mean"`` averages
+            the real tokens only, so padding never changes a text's vector.
+
+    Returns:
+        ``batch x dim`` tensor.
+
+    Example:
+        >>> pool_hidden_states(torch.ones(2, 5, 8), torch.ones(2, 5), "mean").shape
+        torch.Size([2, 8])
+    """
+    check_one_of(pooling, POOLINGS, "pooling")
+    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(f"expected hidden states batch x tokens x dim and a matching batch x tokens mask, "
+                         f"got {tuple(hidden.shape)} and {tuple(attention_mask.shape)}")
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class PooledEncoder(nn.Module):
+    """An encoder that returns one pooled vector per text (a feature extractor).
+
+    Args:
+        encoder: A Hugging Face encoder such as ``BertModel`` (``last_hidden_state`` output).
+        pooling: ``"cls"`` or ``"mean"``, see :func:`pool_hidden_states`.
+    """
+
+    def __init__(self, encoder: nn.Module, pooling: str = "mean"):
+        super().__init__()
+        check_one_of(pooling, POOLINGS, "pooling")
+        self.encoder = encoder
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        return pool_hidden_states(hidden, attention_mask, self.pooling)
+
+
+class EncoderClassifier(nn.Module):
+    """A text classifier: pre-trained encoder, pooling, dropout and a new linear head.
+
+    The head is the attribute ``classifier`` and the body is ``encoder``, so
+    :func:`~tlutils.core.surgery.freeze`, :func:`~tlutils.core.surgery.model_blocks` and
+    :func:`~tlutils.core.surgery.layerwise_param_groups` work on it unchanged.
+
+    Args:
+        encoder: A Hugging Face encoder (``BertModel``); it is trained in place.
+        num_classes: Number of classes.
+        pooling: ``"cls"`` or ``"mean"``.
+        dropout: Dropout before the head (the BERT fine-tuning default is 0.1).
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        check_one_of(pooling, POOLINGS, "pooling")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        return self.classifier(self.dropout(pool_hidden_states(hidden, attention_mask, self.pooling)))
+
+
+def fit_tfidf_logreg(texts: Sequence[str], labels: Sequence[int], max_features: int = 30_000,
+                     ngram_range: tuple[int, int] = (1, 2), C: float = 10.0, seed: int = 0):
+    """The classic baseline without pre-training: TF-IDF word n-grams + logistic regression.
+
+    Args:
+        texts: Training texts.
+        labels: Their integer labels.
+        max_features: Vocabulary size (most frequent n-grams of the training texts).
+        ngram_range: Word n-gram lengths, ``(1, 2)`` = words and word pairs.
+        C: Inverse regularisation strength of the logistic regression.
+        seed: Random state of the solver.
+
+    Returns:
+        A fitted scikit-learn ``Pipeline``; call ``.predict(texts)`` or ``.score(texts, labels)``.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    if len(texts) != len(labels) or len(texts) == 0:
+        raise ValueError(f"need one label per text and at least one text, got {len(texts)} texts "
+                         f"and {len(labels)} labels")
+    pipeline = make_pipeline(TfidfVectorizer(ngram_range=ngram_range, max_features=max_features, sublinear_tf=True),
+                             LogisticRegression(C=C, max_iter=2000, random_state=seed))
+    return pipeline.fit(list(texts), np.asarray(labels))
+
+
+def _texts_fingerprint(texts: Sequence[str]) -> str:
+    """A short hash of the texts, so a feature cache made from other texts is never reused."""
+    import hashlib
+
+    return hashlib.sha1("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
+
+
+def pooled_features(encoder: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int],
+                    pooling: str = "mean", max_length: int = 64, batch_size: int = 64, cache_name: str | None = None,
+                    device: torch.device | None = None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled sentence vectors of a frozen encoder, cached on disk by :func:`~tlutils.core.features.extract_features`.
+
+    Args:
+        encoder: A Hugging Face encoder (frozen: it is only run in eval mode).
+        tokenizer: Its tokenizer.
+        texts: The texts to embed.
+        labels: Their labels (stored next to the features).
+        pooling: ``"cls"`` or ``"mean"``.
+        max_length: Texts are truncated to this many tokens.
+        batch_size: Texts per forward pass.
+        cache_name: File name under ``data/cache/features/`` (start it with the notebook
+            number); ``None`` disables the cache. The fingerprint covers the model,
+            the pooling, the length and a hash of the texts.
+        device: Defaults to :func:`~tlutils.core.runtime.get_device`.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(features, labels)``: ``N x hidden`` floats and ``N`` labels.
+    """
+    from tlutils.core.features import extract_features
+
+    loader = text_loader(texts, labels, tokenizer, max_length=max_length, batch_size=batch_size)
+    fingerprint = (f"{getattr(encoder.config, '_name_or_path', '')}|{encoder.config.num_hidden_layers} layers|"
+                   f"{pooling}|{max_length}|{_texts_fingerprint(texts)}")
+    return extract_features(PooledEncoder(encoder, pooling), loader, cache_name=cache_name, fingerprint=fingerprint,
+                            device=device, progress=progress)
+
+
+def finetune_text_classifier(encoder: nn.Module, train_loader, val_loader, num_classes: int, epochs: int = 2,
+                             lr: float = 1e-4, llrd_decay: float | None = None, head_lr: float | None = None,
+                             pooling: str = "mean", weight_decay: float = 0.01, seed: int = 0,
+                             device: torch.device | None = None, progress: bool = True):
+    """Fine-tune an encoder with a new head, all layers at one rate or with layer-wise rate decay.
+
+    Args:
+        encoder: The pre-trained encoder (changed in place).
+        train_loader: Batches from :func:`text_loader` (shuffled).
+        val_loader: Evaluated after every epoch; the best epoch's weights are kept.
+        num_classes: Number of classes.
+        epochs: Passes over the training data.
+        lr: The one learning rate of plain fine-tuning.
+        llrd_decay: With a value in (0, 1], use layer-wise learning-rate decay instead:
+            the head trains at ``head_lr`` and each block below at the rate above times
+            ``llrd_decay`` (:func:`~tlutils.core.surgery.layerwise_param_groups`).
+        head_lr: The head's rate with ``llrd_decay``.
+        pooling: ``"cls"`` or ``"mean"``.
+        weight_decay: AdamW weight decay.
+        seed: Seeds the new head and the training.
+        device: Defaults to :func:`~tlutils.core.runtime.get_device`.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(model, history)``: the :class:`EncoderClassifier` and its :class:`~tlutils.core.train.History`.
+    """
+    from tlutils.core.runtime import seeded
+    from tlutils.core.surgery import layerwise_param_groups
+    from tlutils.core.train import fit
+
+    with seeded(seed):  # same numbers for the same seed; the caller's random state is left alone
+        model = EncoderClassifier(encoder, num_classes, pooling=pooling)
+        if llrd_decay is None:
+            groups = [{"params": list(model.parameters()), "lr": lr, "weight_decay": weight_decay}]
+        else:
+            if head_lr is None:
+                raise ValueError("layer-wise decay needs head_lr, the learning rate of the head")
+            groups = layerwise_param_groups(model, head_lr=head_lr, decay=llrd_decay, weight_decay=weight_decay)
+        history = fit(model, train_loader, val_loader, epochs=epochs, optimizer=torch.optim.AdamW(groups),
+                      scheduler="linear", seed=seed, device=device, progress=progress)
+    return model, history
