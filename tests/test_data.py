@@ -39,10 +39,10 @@ from tlutils.core.datasets import (
     LITE_MEAN,
     LITE_STD,
     ArrayImageDataset,
-    TextCollator,
     TextDataset,
     balanced_subset,
     image_transform,
+    text_collator,
     train_val_test_split,
 )
 from tlutils.core.sources import AssetNotFoundError, Resolved
@@ -373,7 +373,7 @@ def test_text_dataset_pads_per_batch():
     assert len(dataset[2]["input_ids"]) == 4  # truncated to max_length
     fixed = TextDataset(["a"], None, WordTokenizer(), max_length=5, padding="max_length")
     assert fixed.collate([fixed[0]])["input_ids"].shape == (1, 5) and "labels" not in fixed[0]
-    left = TextCollator(pad_token_id=9, padding_side="left")
+    left = text_collator(pad_token_id=9, padding_side="left")
     assert left([dataset[1], dataset[0]])["input_ids"].tolist() == [[9, 9, 5], [2, 3, 4]]
 
 

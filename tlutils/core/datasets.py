@@ -289,7 +289,7 @@ class TextDataset(Dataset):
         self.input_ids = encoded["input_ids"]
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         pad_to = max_length if padding == "max_length" else None
-        self.collate = TextCollator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to)
+        self.collate = text_collator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -302,23 +302,32 @@ class TextDataset(Dataset):
         return item
 
 
-class TextCollator:
-    """Pad a list of :class:`TextDataset` items into one batch of tensors.
+class PaddingCollator:
+    """The one padding collator: pad the sequences of a list of items into one batch of tensors.
+
+    Keys named in ``pad_values`` hold 1-D sequences and are padded with their value; every
+    other key (a class label, a start/end pair) is stacked as it is.
 
     Args:
-        pad_token_id: The tokenizer's padding token id.
+        pad_values: Key -> padding value, e.g. ``{"input_ids": tokenizer.pad_token_id,
+            "attention_mask": 0}``; a causal LM pads its ``labels`` with -100.
         padding_side: ``"right"`` (encoders such as BERT) or ``"left"``, as the
             tokenizer's ``padding_side`` says.
         pad_to: Pad every batch to this length; ``None`` pads to the longest item.
 
-    Returns (when called):
-        A dict with ``input_ids`` and ``attention_mask`` (``batch x length`` long
-        tensors) and, for labelled items, ``labels``.
+    Example:
+        >>> collate = PaddingCollator({"input_ids": 0, "attention_mask": 0})
+        >>> collate([{"input_ids": torch.tensor([5, 6]), "attention_mask": torch.tensor([1, 1])},
+        ...          {"input_ids": torch.tensor([7]), "attention_mask": torch.tensor([1])}])["input_ids"]
+        tensor([[5, 6],
+                [7, 0]])
     """
 
-    def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to: int | None = None):
+    def __init__(self, pad_values: dict[str, int], padding_side: str = "right", pad_to: int | None = None):
         check_one_of(padding_side, ("right", "left"), "padding side")
-        self.pad_token_id = pad_token_id
+        if not pad_values:
+            raise ValueError("pad_values must name at least one key to pad, e.g. {'input_ids': pad_token_id}")
+        self.pad_values = dict(pad_values)
         self.padding_side = padding_side
         self.pad_to = pad_to
 
@@ -333,11 +342,19 @@ class TextCollator:
         return out
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        batch = {"input_ids": self._pad([item["input_ids"] for item in items], self.pad_token_id),
-                 "attention_mask": self._pad([item["attention_mask"] for item in items], 0)}
-        if "labels" in items[0]:
-            batch["labels"] = torch.stack([item["labels"] for item in items])
+        missing = [key for key in self.pad_values if key not in items[0]]
+        if missing:
+            raise KeyError(f"the items have no {missing}; they have {sorted(items[0])}")
+        batch = {key: self._pad([item[key] for item in items], value) for key, value in self.pad_values.items()}
+        for key in items[0]:
+            if key not in batch:
+                batch[key] = torch.stack([item[key] for item in items])
         return batch
+
+
+def text_collator(pad_token_id: int, padding_side: str = "right", pad_to: int | None = None) -> PaddingCollator:
+    """The collator of :class:`TextDataset`: pads ``input_ids`` and ``attention_mask``, stacks ``labels``."""
+    return PaddingCollator({"input_ids": pad_token_id, "attention_mask": 0}, padding_side, pad_to)
 
 
 class LengthGroupedBatchSampler(Sampler):

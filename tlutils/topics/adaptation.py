@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tlutils.core.runtime import resolve_device
+from tlutils.core.train import map_batches
+
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device | None = None) -> nn.Module:
@@ -19,14 +22,12 @@ def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device | None 
     Args:
         model: Any network with BatchNorm layers.
         loader: Yields ``(inputs, targets)`` batches of training data (no augmentation needed).
-        device: Where to run (``tlutils.core.runtime.get_device()`` if ``None``).
+        device: Where to run; ``None`` picks :func:`~tlutils.core.runtime.get_device`.
 
     Returns:
         The model, in eval mode.
     """
-    from tlutils.core.runtime import get_device
-
-    device = device or get_device()
+    device = resolve_device(device)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, m.training) for m in norms]
     model.to(device).eval()
@@ -34,8 +35,7 @@ def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device | None 
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over all batches
         norm.train()
-    for inputs, _ in loader:
-        model(inputs.to(device))
+    map_batches(lambda inputs, _: model(inputs), loader, device)  # BatchNorm layers update as they see the batches
     for norm, (momentum, _) in zip(norms, saved):
         norm.momentum = momentum
     return model.eval()

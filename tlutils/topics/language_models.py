@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tlutils.core.datasets import _padded_loader
+from tlutils.core.datasets import PaddingCollator, _padded_loader
 from tlutils.core.runtime import check_one_of, get_device, resolve_device, seeded
 from tlutils.core.surgery import freeze, unfreeze
 from tlutils.core.train import map_batches
@@ -62,32 +62,16 @@ class CausalLMDataset(Dataset):
         self.items = []
         for p, t in zip(prompt_ids, target_ids):
             p, t = p[:max_prompt_tokens], t[:max_target_tokens] + [tokenizer.eos_token_id]
-            self.items.append({"input_ids": torch.tensor(p + t), "labels": torch.tensor([IGNORE_INDEX] * len(p) + t)})
+            self.items.append({"input_ids": torch.tensor(p + t), "attention_mask": torch.ones(len(p + t), dtype=torch.long),
+                               "labels": torch.tensor([IGNORE_INDEX] * len(p) + t)})
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.collate = CausalLMCollator(pad)
+        self.collate = PaddingCollator({"input_ids": pad, "attention_mask": 0, "labels": IGNORE_INDEX})
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.items[index]
-
-
-class CausalLMCollator:
-    """Right-pad causal-LM items; padded labels are -100 and the attention mask marks real tokens."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        width = max(len(item["input_ids"]) for item in items)
-        ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, item in enumerate(items):
-            n = len(item["input_ids"])
-            ids[row, :n], labels[row, :n], mask[row, :n] = item["input_ids"], item["labels"], 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

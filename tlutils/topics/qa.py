@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tlutils.core.datasets import _padded_loader
+from tlutils.core.datasets import PaddingCollator, _padded_loader
 from tlutils.core.runtime import get_device
 
 
@@ -184,7 +184,7 @@ class QADataset(Dataset):
             self.offsets.append(encoded["offset_mapping"][i])
             self.context_masks.append(torch.tensor([s == 1 for s in sequence_ids]))
         self.n_dropped = len(examples) - len(self.examples)
-        self.collate = QACollator(tokenizer.pad_token_id)
+        self.collate = PaddingCollator({"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0})
 
     def __len__(self) -> int:
         return len(self.items)
@@ -196,23 +196,6 @@ class QADataset(Dataset):
         """A DataLoader over this set; shuffled training batches group questions of similar length."""
         return _padded_loader(self, [len(item["input_ids"]) for item in self.items], batch_size, shuffle, seed,
                               group_by_length=True)
-
-
-class QACollator:
-    """Right-pad :class:`QADataset` items into a batch; ``labels`` becomes ``batch x 2``."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "token_type_ids": 0}
-
-    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        width = max(len(item["input_ids"]) for item in items)
-        batch = {}
-        for key, value in self.pad_values.items():
-            batch[key] = torch.full((len(items), width), value, dtype=torch.long)
-            for row, item in enumerate(items):
-                batch[key][row, :len(item[key])] = item[key]
-        batch["labels"] = torch.stack([item["labels"] for item in items])
-        return batch
 
 
 class SpanQAModel(nn.Module):
