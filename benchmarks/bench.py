@@ -15,11 +15,11 @@ computer changes the seconds but not the conclusion:
 
 Timings alternate the arms (A B, B A, A B ...) after a warm-up and report medians, so a
 machine busy with other work slows both sides alike. Everything runs on the CPU with the
-thread count torch finds. Feature caches go to a temporary folder that is deleted at the
+thread count torch finds (or ``--threads``). Feature caches go to a temporary folder, deleted at the
 end; nothing is written into the repository.
 
 Example:
-    $ TLLAB_MIRROR=/work/shared/data .venv/bin/python benchmarks/bench.py --quick --json data/bench.json
+    $ TLLAB_MIRROR=/work/shared/data .venv/bin/python benchmarks/bench.py --quick --json data/results/bench.json
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -72,21 +73,22 @@ class Sizes:
     """How much work each benchmark does; :data:`FULL` for ``make bench``, :data:`QUICK` for a smoke run."""
 
     name: str
-    repeats: int = 5              # timed runs per arm (after one warm-up) for benchmarks 1, 3 and 4
+    repeats: int = 5              # timed runs per arm (after one warm-up) for benchmarks 1 and 4
     cnn_images: int = 2000        # benchmark 1: Fashion-MNIST images (balanced over the 10 classes)
     cnn_epochs: int = 3
     probe_images: int = 400       # benchmark 2: images for the MobileNetV2 linear probe
     probe_epochs: int = 5
     probe_repeats: int = 3        # each recompute run is several backbone passes: fewer repeats suffice
     clips: int = 16               # benchmark 3: 1-s FSDD clips in the batch
+    whisper_repeats: int = 3      # the full encoder takes seconds per batch and the ratio is large
     texts: int = 4000             # benchmark 4: Rotten Tomatoes texts whose padding is counted
-    forward_texts: int = 256      # benchmark 4: texts of the timed encoder forward pass
+    forward_texts: int = 128      # benchmark 4: texts of the timed encoder forward pass
     measure_memory: bool = True
 
 
 FULL = Sizes("full")
 QUICK = Sizes("quick", repeats=3, cnn_images=500, cnn_epochs=2, probe_images=60, probe_repeats=2, clips=4,
-              texts=1000, forward_texts=64)
+              whisper_repeats=2, texts=1000, forward_texts=64)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -222,7 +224,7 @@ def quiet_transformers() -> None:
 # ----------------------------------------------------------------------------- 1. fit vs bare loop
 
 class SmallCNN(nn.Module):
-    """Two conv-ReLU-pool blocks and a linear layer for 28 x 28 grey images (about 17,000 parameters)."""
+    """Two conv-ReLU-pool blocks and a linear layer for 28 x 28 grey images (20,490 parameters)."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -461,9 +463,9 @@ def bench_whisper_truncation(sizes: Sizes, device: torch.device) -> dict:
     """
     setup = prepare_whisper(sizes, device)
     seconds, shapes = interleaved_timings({"full": lambda: whisper_full(setup),
-                                           "truncated": lambda: whisper_truncated(setup)}, sizes.repeats)
+                                           "truncated": lambda: whisper_truncated(setup)}, sizes.whisper_repeats)
     clips = len(setup.full_mels)
-    return {"clips": clips, "repeats": sizes.repeats, "output_shape": shapes,
+    return {"clips": clips, "repeats": sizes.whisper_repeats, "output_shape": shapes,
             **{arm: {**timing_summary(runs), "ms_per_clip": 1000 * statistics.median(runs) / clips}
                for arm, runs in seconds.items()},
             "ratio_full_over_truncated": paired_ratio(seconds["full"], seconds["truncated"]),
@@ -488,7 +490,7 @@ class TextSetup:
 
 def review_loader(texts, labels, tokenizer, group_by_length: bool, batch_size: int = 16,
                   max_length: int = 64) -> DataLoader:
-    """The training loader of notebook 07: shuffled with seed 0, padded per batch, optionally length-grouped."""
+    """A training loader of tokenised reviews: shuffled with seed 0, padded per batch, optionally length-grouped."""
     return text_loader(texts, labels, tokenizer, max_length, batch_size, shuffle=True, seed=SEED,
                        group_by_length=group_by_length)
 
@@ -569,16 +571,52 @@ ARMS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-# ----------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------- machine and report
 
-def environment() -> dict:
+def _tiny_steps_seconds(steps: int = 20) -> float:
+    """Best of three timings of ``steps`` AdamW steps of a linear head (1280 -> 10) on 32 examples."""
+    with seeded(SEED):
+        head, features, labels = nn.Linear(1280, 10), torch.randn(32, 1280), torch.randint(0, 10, (32,))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    timings = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(head(features), labels).backward()
+            optimizer.step()
+        timings.append(time.perf_counter() - start)
+    return min(timings)
+
+
+def thread_slowdown() -> float:
+    """How much slower small operations run on torch's threads than on one thread (machine-health check).
+
+    About 1 on an idle machine. When other work holds the cores, each parallel region
+    waits for a descheduled thread, and a run of many small operations slows down tens of
+    times while one thread does not: then the seconds measure the scheduler, not the code.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return 1.0
+    found = _tiny_steps_seconds()
+    torch.set_num_threads(1)
+    try:
+        single = _tiny_steps_seconds()
+    finally:
+        torch.set_num_threads(threads)
+    return found / single
+
+
+def environment(threads_source: str) -> dict:
     """Date, machine and library facts for the report header."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cpus": usable,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": str(CPU),
-            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+            "torch_threads": torch.get_num_threads(), "torch_threads_source": threads_source,
+            "torch": torch.__version__, "python": platform.python_version(), "device": str(CPU),
+            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "thread_slowdown_at_start": thread_slowdown()}
 
 
 def _cpu_model() -> str:
@@ -601,8 +639,8 @@ def _memory_cell(result: dict, arm: str) -> str:
     return f"{entry['first_run_mib']:8.1f}{again:>8}"
 
 
-def _timing_rows(result: dict, arms: dict[str, str]) -> list[str]:
-    """One line per arm: median, min, max seconds and the peak memory it added."""
+def _timing_rows(result: dict, arms: dict[str, tuple[str, str]]) -> list[str]:
+    """One line per arm (result key -> (label, memory arm)): median, min, max seconds and the peak memory added."""
     rows = [f"   {'arm':<28}{'median s':>10}{'min s':>9}{'max s':>9}   peak +MiB: 1st  again"]
     for key, (label, memory_arm) in arms.items():
         timing = result[key]
@@ -688,14 +726,30 @@ def _field(label: str, text: str) -> list[str]:
     return textwrap.wrap(text, 118, initial_indent=f"{label:<16}", subsequent_indent=" " * 16)
 
 
+def _threads(count: int) -> str:
+    return f"{count} thread" + ("" if count == 1 else "s")
+
+
+def _threads_check(env: dict) -> str:
+    if env["torch_threads"] == 1:
+        return "not needed with 1 thread"
+    return (f"small operations {env['thread_slowdown_at_start']:.2f}x as slow on {_threads(env['torch_threads'])} "
+            "as on 1 (about 1 on an idle machine)")
+
+
 def _busy_note(env: dict) -> list[str]:
     """A warning when other work was running: competing threads slow short, many-step workloads most."""
-    load = (env["load_average_at_start"] or [0.0])[0]
-    if load < 1.0:
+    load, slowdown = (env["load_average_at_start"] or [0.0])[0], env["thread_slowdown_at_start"]
+    if load < 1.0 and slowdown < 2.0:
         return []
-    return _field("note", f"the machine was busy before the run (load {load:.2f} on {env['usable_cpus']} CPUs): "
-                          "the seconds are inflated and noisier. Interleaving keeps each comparison fair, but "
-                          "torch's threads waiting for a busy core slow runs of many small operations the most.")
+    text = (f"the machine was busy before the run (load {load:.2f} on {env['usable_cpus']} CPUs). The seconds are "
+            "inflated and noisy; interleaving shares the load between the arms.")
+    if env["torch_threads"] > 1:
+        text += (f" Small operations ran {slowdown:.1f}x slower on {_threads(env['torch_threads'])} than on 1: "
+                 "threads waiting for a busy core slow runs of many small operations far more than large ones, so "
+                 "ratios between a small and a large workload are distorted. Rerun on an idle machine, or with "
+                 "--threads=1.")
+    return _field("note", text)
 
 
 def format_report(report: dict) -> str:
@@ -704,10 +758,12 @@ def format_report(report: dict) -> str:
     lines = ["Transfer Learning Lab benchmarks (benchmarks/bench.py)",
              *_field("date", env["date"]),
              *_field("cpu", f"{env['cpu']}; {env['cpu_count']} CPUs ({env['usable_cpus']} usable)"),
-             *_field("torch", f"{env['torch']}, {env['torch_threads']} threads (as found), device {env['device']}"),
+             *_field("torch", f"{env['torch']}, {_threads(env['torch_threads'])} ({env['torch_threads_source']}), "
+                              f"device {env['device']}"),
              *_field("python", env["python"]),
              *_field("load average", f"{_load(env['load_average_at_start'])} at start (1, 5, 15 min); "
                                      f"{_load(report['load_average_at_end'])} at end"),
+             *_field("threads check", _threads_check(env)),
              *_busy_note(env),
              *_field("sizes", report["sizes"]["name"]),
              *_field("memory", report["memory_method"]),
@@ -724,12 +780,12 @@ def _memory_method(benchmarks: dict) -> str:
     return " / ".join(sorted(methods)) if methods else "not measured"
 
 
-def run_all(sizes: Sizes) -> dict:
+def run_all(sizes: Sizes, threads_source: str = "as found") -> dict:
     """Run the four benchmarks with a temporary feature cache that is removed afterwards."""
     start = time.perf_counter()
     feature_cache = tempfile.mkdtemp(prefix="tllab-bench-cache-")
     try:
-        env = environment()
+        env = environment(threads_source)
         benchmarks = {}
         for name, bench in (("fit_overhead", bench_fit_overhead),
                             ("feature_cache", lambda s, d: bench_feature_cache(s, d, feature_cache)),
@@ -750,17 +806,31 @@ def write_json(report: dict, path: str) -> None:
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
+def _exit_on_signal(signum: int, frame) -> None:
+    """A plain SIGTERM would skip the clean-up of the temporary feature cache: exit through it instead."""
+    print(f"benchmarks/bench.py: stopped by signal {signum}; removing the temporary feature cache",
+          file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, run every benchmark, print the report and optionally write it as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats, for a smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads (default: as torch finds them); 1 is steadier on a busy machine")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     os.environ["TLLAB_DEVICE"] = "cpu"  # every device default in tlutils (and in the children) is the CPU
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the spawned memory children start with it too
     sizes = QUICK if args.quick else FULL
     if args.no_memory:
         sizes = Sizes(**{**asdict(sizes), "measure_memory": False})
-    report = run_all(sizes)
+    report = run_all(sizes, "set by --threads" if args.threads else "as found")
     print(format_report(report))
     if args.json:
         write_json(report, args.json)

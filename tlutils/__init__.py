@@ -21,7 +21,7 @@ topics/   one module per technique (imports only core)
     anatomy, architectures, regularizers, strategies, adaptation, peft, explain, detection,
     segmentation, text, qa, language_models, speech, speaker
 course/   what only this course needs (may import anything)
-    exercises, widgets, curriculum, results, and the experiments of single notebooks:
+    exercises, widgets, curriculum, and the experiments of single notebooks:
     mathematics (03), strategy_table (04), medical (05), scenes (06), text_comparison (07)
 
 The names the notebooks use most are importable from ``tlutils`` itself, for example

@@ -166,8 +166,10 @@ def map_batches(function: Callable, loader, device: torch.device | None = None, 
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
-    results = [function(*unpack_batch(batch, device))
-               for batch in tqdm(loader, desc=desc, disable=not progress, leave=False)]
+    # Without a bar the loader is iterated directly: a DataLoader draws its shuffle seed from the global
+    # generator each time it is iterated, and wrapping it in tqdm would draw once more.
+    batches = tqdm(loader, desc=desc, leave=False) if progress else loader
+    results = [function(*unpack_batch(batch, device)) for batch in batches]
     if not results:
         raise ValueError("the loader is empty: it yielded no batches (check the data set and the batch size)")
     return results
