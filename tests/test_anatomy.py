@@ -121,9 +121,13 @@ def test_block_features_are_cached(temp_cache):
     first, first_labels = block_features(rgb_body(), loader, [1, 2], "t01_blocks", "tiny", device=CPU, progress=False)
     assert first[1].shape == (12, 6) and first[2].shape == (12, 8) and torch.equal(first_labels, labels)
     assert (temp_cache / "features" / "t01_blocks.safetensors").is_file()
-    torch.manual_seed(1)  # other weights, same fingerprint: the cached features come back
+    torch.manual_seed(0)  # the same weights: the cached features come back
     again, _ = block_features(rgb_body(), loader, [1, 2], "t01_blocks", "tiny", device=CPU, progress=False)
     assert torch.equal(first[2], again[2])
+    torch.manual_seed(1)  # other weights, same fingerprint text: the cache is rebuilt, not trusted
+    with pytest.warns(UserWarning, match="model weights changed"):
+        other, _ = block_features(rgb_body(), loader, [1, 2], "t01_blocks", "tiny", device=CPU, progress=False)
+    assert not torch.equal(first[2], other[2])
 
 
 def test_standardize_uses_the_reference_statistics():

@@ -7,10 +7,25 @@ from tlutils.core.catalog import CATALOGUE
 from tlutils.core.io import atomic_dir, atomic_file, is_complete_dir
 from tlutils.core.sources import Asset, AssetError, AssetNotFoundError, Cache, Mirror, Online, UnknownAssetError
 
-OFFLINE_MODELS = ["mobilenet_v2", "efficientnet_lite0", "minilm_l6", "minilm_l3", "smollm2_135m",
-                  "whisper_tiny_en", "ge2e_speaker"]
-ONLINE_ONLY = ["resnet18", "resnet50", "vgg16", "inception_v3", "bert-base-uncased", "roberta-base",
-               "gpt2", "wav2vec2-base"]
+OFFLINE_MODELS = [
+    "mobilenet_v2",
+    "efficientnet_lite0",
+    "minilm_l6",
+    "minilm_l3",
+    "smollm2_135m",
+    "whisper_tiny_en",
+    "ge2e_speaker",
+]
+ONLINE_ONLY = [
+    "resnet18",
+    "resnet50",
+    "vgg16",
+    "inception_v3",
+    "bert-base-uncased",
+    "roberta-base",
+    "gpt2",
+    "wav2vec2-base",
+]
 DATASETS = ["fashion_mnist", "mnist", "digits", "photos", "rotten_tomatoes", "bbc_news", "fsdd"]
 
 
@@ -46,9 +61,18 @@ def scratch_catalogue(name):
 
 def test_a_conversion_reads_its_inputs_from_the_same_catalogue(temp_cache):
     raw = Asset("raw_thing", "raw", "input", (Cache(lambda out, inputs: (out / "raw").write_text("42")),), fix="-")
-    made = Asset("made_thing", "dataset", "converted",
-                 (Cache(lambda out, inputs: (out / "made").write_text((inputs["raw_thing"] / "raw").read_text()),
-                        needs=("raw_thing",)),), fix="-")
+    made = Asset(
+        "made_thing",
+        "dataset",
+        "converted",
+        (
+            Cache(
+                lambda out, inputs: (out / "made").write_text((inputs["raw_thing"] / "raw").read_text()),
+                needs=("raw_thing",),
+            ),
+        ),
+        fix="-",
+    )
     found = resolve("made_thing", catalogue=(raw, made))
     assert (found.path / "made").read_text() == "42"
 
@@ -73,6 +97,7 @@ def test_package_weights_resolve_offline():
 
 def test_mirror_wins_over_cache(tmp_path, monkeypatch, temp_cache, scratch_asset):
     (tmp_path / "mirror" / "thing").mkdir(parents=True)
+    (tmp_path / "mirror" / "thing" / "data.bin").write_bytes(b"mirrored")  # an empty mirror folder is a miss
     monkeypatch.setenv("TLLAB_MIRROR", str(tmp_path / "mirror"))
     catalogue = scratch_asset("thing", Mirror("thing"), Cache(lambda out, inputs: (out / "x").write_text("built")))
     assert resolve("thing", catalogue=catalogue).source == "mirror"
@@ -80,7 +105,9 @@ def test_mirror_wins_over_cache(tmp_path, monkeypatch, temp_cache, scratch_asset
 
 def test_missing_everywhere_names_each_source_and_the_fix(monkeypatch, temp_cache, scratch_asset):
     monkeypatch.delenv("TLLAB_MIRROR", raising=False)
-    catalogue = scratch_asset("ghost", Mirror("ghost"), Cache(), Online("https://example.org/ghost.zip", fetch=lambda out: None))
+    catalogue = scratch_asset(
+        "ghost", Mirror("ghost"), Cache(), Online("https://example.org/ghost.zip", fetch=lambda out: None)
+    )
     with pytest.raises(AssetNotFoundError) as error:
         resolve("ghost", catalogue=catalogue)
     message = str(error.value)

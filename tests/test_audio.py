@@ -143,8 +143,13 @@ def test_whisper_features_are_pooled_per_layer_and_cached(tiny_whisper, temp_cac
     features, same_labels = whisper_features(short, mels, labels, "test_whisper", fingerprint="toy")
     assert features.shape == (5, 3, 32) and torch.equal(same_labels, labels)
     assert (temp_cache / "features" / "test_whisper.safetensors").is_file()
-    again, _ = whisper_features(short, torch.zeros_like(mels), labels, "test_whisper", fingerprint="toy")
-    assert torch.equal(features, again)  # read from the cache, not recomputed
+    written = (temp_cache / "features" / "test_whisper.safetensors").stat().st_mtime_ns
+    again, _ = whisper_features(short, mels, labels, "test_whisper", fingerprint="toy")
+    assert torch.equal(features, again)  # read from the cache, not recomputed (the file is not rewritten)
+    assert (temp_cache / "features" / "test_whisper.safetensors").stat().st_mtime_ns == written
+    with pytest.warns(UserWarning, match="data or labels changed"):  # other clips, same fingerprint text
+        other, _ = whisper_features(short, torch.zeros_like(mels), labels, "test_whisper", fingerprint="toy")
+    assert not torch.equal(features, other)
 
 
 def test_partial_fine_tuning_trains_only_the_top(tiny_whisper):

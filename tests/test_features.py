@@ -71,3 +71,51 @@ def test_linear_probe_standardises_learns_and_repeats():
     assert torch.equal(probe.head.weight, again.head.weight)  # seeded
     with pytest.raises(ValueError, match="N x D features and N labels"):
         train_linear_probe(features, labels[:10], num_classes=3)
+
+
+class CountingTransform:
+    """Turns a uint8 image into a 1 x H x W float tensor, counting its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, image):
+        self.calls += 1
+        return torch.from_numpy(image).float()[None] / 255
+
+
+def test_the_data_key_of_a_project_data_set_is_hashed_without_running_its_transform():
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from tlutils.core.datasets import ArrayImageDataset
+    from tlutils.core.features import data_fingerprint
+
+    images = np.random.default_rng(0).integers(0, 255, (10, 8, 8), dtype=np.uint8)
+    transform = CountingTransform()
+    count, key = data_fingerprint(DataLoader(ArrayImageDataset(images, np.arange(10) % 2, transform), batch_size=4))
+    assert count == 10 and transform.calls == 0
+    relabelled = ArrayImageDataset(images, (np.arange(10) + 1) % 2, transform)
+    assert data_fingerprint(DataLoader(relabelled, batch_size=4))[1] != key
+    dropped = DataLoader(ArrayImageDataset(images, np.arange(10) % 2, transform), batch_size=4, drop_last=True)
+    assert data_fingerprint(dropped)[0] == 8
+
+
+def test_the_model_key_follows_the_weights_and_buffers_not_the_object():
+    from tlutils.core.features import model_fingerprint
+
+    torch.manual_seed(0)
+    first = TinyNet().features
+    torch.manual_seed(0)
+    same = TinyNet().features
+    assert model_fingerprint(first) == model_fingerprint(same)
+    same[0][1].num_batches_tracked += 1
+    assert model_fingerprint(first) != model_fingerprint(same)
+
+
+def test_the_default_empty_fingerprint_still_keys_on_data_and_model(temp_cache):
+    backbone = CountingBackbone()
+    small, _ = extract_features(backbone, toy_loader(n=20, shuffle=False), "toy", progress=False)
+    with pytest.warns(UserWarning, match=r"number of examples 20 -> 7"):
+        fresh, labels = extract_features(backbone, toy_loader(n=7, shuffle=False), "toy", progress=False)
+    assert fresh.shape == (7, 8) and len(labels) == 7

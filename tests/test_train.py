@@ -220,3 +220,30 @@ def test_one_evaluation_loop_serves_predict_and_feature_extraction():
     logits, targets = predict(model, toy_loader(shuffle=False), torch.device("cpu"))
     features, labels = extract_features(model, toy_loader(shuffle=False), device=torch.device("cpu"), progress=False)
     assert logits.shape == (48, 3) and torch.equal(targets, labels) and torch.allclose(logits, features)
+
+
+SEEDED_RUN = """
+import torch
+from tests.helpers import TinyNet, toy_loader
+from tlutils.core.runtime import set_seed
+from tlutils.core.train import fit
+
+torch.set_num_threads(1)
+set_seed(0)  # torch starts every process from a random seed: the new model's weights need this
+history = fit(TinyNet(), toy_loader(seed=0), epochs=2, lr=0.01, seed=0, progress=False, device="cpu")
+print(" ".join(float(loss).hex() for loss in history.train_loss))
+"""
+
+
+def test_a_seeded_run_repeated_in_two_processes_gives_bit_identical_losses():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TLLAB_DEVICE": "cpu"}
+    runs = [subprocess.run([sys.executable, "-c", SEEDED_RUN], cwd=root, env=env, capture_output=True, text=True,
+                           timeout=300, check=True).stdout.split() for _ in range(2)]
+    assert len(runs[0]) == 2 and all(value.startswith(("0x", "-0x")) for value in runs[0])
+    assert runs[0] == runs[1]

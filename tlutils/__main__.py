@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
-from tlutils.core.assets import assets_by_name, resolve, status_table
-from tlutils.core.sources import AssetNotFoundError
+from tlutils.core.assets import assets_by_name, close_names, resolve, status_table
+from tlutils.core.sources import AssetError
 
 
 def print_assets(catalogue=None) -> int:
@@ -24,15 +25,60 @@ def print_assets(catalogue=None) -> int:
             where = f"{'MISSING' if offline else 'online':<8} fix: {row['problem']}"
         print(f"{row['kind']:<8} {row['name']:<{width}}  {where}")
         missing_offline += bool(row["problem"]) and offline
-    print(f"\n{len(rows) - sum(bool(r['problem']) for r in rows)} of {len(rows)} assets resolved; "
-          f"{missing_offline} offline-capable assets missing")
+    print(
+        f"\n{len(rows) - sum(bool(r['problem']) for r in rows)} of {len(rows)} assets resolved; "
+        f"{missing_offline} offline-capable assets missing"
+    )
     return 1 if missing_offline else 0
 
 
 def _installed_by_setup(asset) -> bool:
     """True when ``make setup`` alone provides the asset (a pip package or a conversion of one)."""
-    return any(source.kind == "package" or (source.kind == "cache" and source.builder is not None)
-               for source in asset.sources)
+    return any(
+        source.kind == "package" or (source.kind == "cache" and source.builder is not None) for source in asset.sources
+    )
+
+
+def _prepare_one(name: str, asset, catalogue, named: bool) -> dict:
+    """Resolve one asset with builds allowed; return its summary row (never raises for a failed asset)."""
+    start = time.perf_counter()
+    row = dict(name=name, status="ok", source="-", seconds=0.0, problem="")
+    try:
+        found = resolve(name, build=True, catalogue=catalogue)
+        row.update(source=found.source, location=found.location)
+    except AssetError as error:
+        failed = named or _installed_by_setup(asset)
+        row.update(
+            status="FAILED" if failed else "skipped",
+            problem=str(error) if failed else f"not available here; fix: {asset.fix}",
+        )
+    except Exception as error:  # a conversion that breaks must not stop the other assets
+        row.update(status="FAILED", problem=f"{type(error).__name__}: {error}")
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def _print_row(row: dict) -> None:
+    if row["status"] == "ok":
+        print(f"ok       {row['name']:<20} {row['source']:<8} {row['seconds']:6.1f} s  {row['location']}")
+    elif row["status"] == "skipped":
+        print(f"skipped  {row['name']:<20} {row['problem']}")
+    else:
+        print(f"FAILED   {row['name']}\n{row['problem']}", file=sys.stderr)
+
+
+def print_summary(rows: list[dict]) -> None:
+    """The table printed at the end of ``prepare``: one line per asset, the first line of each problem."""
+    width = max([len(row["name"]) for row in rows] + [5])
+    print(f"\n{'asset':<{width}}  {'result':<8} {'source':<8} {'seconds':>7}  problem")
+    for row in rows:
+        problem = next(
+            (line for line in row["problem"].splitlines() if line.startswith("Fix:")),
+            row["problem"].splitlines()[0] if row["problem"] else "",
+        )
+        print(f"{row['name']:<{width}}  {row['status']:<8} {row['source']:<8} {row['seconds']:7.1f}  {problem}")
+    failed = sum(row["status"] == "FAILED" for row in rows)
+    print(f"{len(rows) - failed} of {len(rows)} assets ready or skipped; {failed} failed")
 
 
 def prepare(names: list[str] | None = None, catalogue=None) -> int:
@@ -41,40 +87,58 @@ def prepare(names: list[str] | None = None, catalogue=None) -> int:
     Without ``names``: every data set and every model with an offline source.
     Only an asset that ``make setup`` provides and that still fails counts as a
     failure; the others (a Debian package, the internet once) are reported as
-    skipped with the command that fixes them.
+    skipped with the command that fixes them. A failing asset does not stop the
+    others: the summary table at the end lists every result, and the exit code is
+    1 when any failed (2 for an unknown name).
     """
     assets = assets_by_name(catalogue)
     unknown = [name for name in names or [] if name not in assets]
     if unknown:
-        print(f"unknown asset name(s) {', '.join(unknown)}; known assets: {', '.join(sorted(assets))}",
-              file=sys.stderr)
+        for name in unknown:
+            guesses = close_names(name, list(assets))
+            hint = f" (did you mean {' or '.join(guesses)}?)" if guesses else ""
+            print(f"unknown asset name(s) {name}{hint}", file=sys.stderr)
+        print(f"known assets: {', '.join(sorted(assets))}", file=sys.stderr)
         return 2
-    failures = 0
+    rows = []
     for name, asset in sorted(assets.items()):
-        wanted = name in names if names else asset.offline_capable or asset.kind == "dataset"
-        if not wanted:
+        if names and name not in names or not names and not (asset.offline_capable or asset.kind == "dataset"):
             continue
-        start = time.perf_counter()
-        try:
-            found = resolve(name, build=True, catalogue=catalogue)
-            print(f"ok       {name:<20} {found.source:<8} {time.perf_counter() - start:6.1f} s  {found.location}")
-        except AssetNotFoundError as error:
-            if _installed_by_setup(asset) or names:
-                failures += 1
-                print(f"FAILED   {name}\n{error}", file=sys.stderr)
-            else:
-                print(f"skipped  {name:<20} not available here; fix: {asset.fix}")
-    return 1 if failures else 0
+        rows.append(_prepare_one(name, asset, catalogue, named=bool(names)))
+        _print_row(rows[-1])
+    if rows:
+        print_summary(rows)
+    return 1 if any(row["status"] == "FAILED" for row in rows) else 0
+
+
+def load_catalogue(spec: str):
+    """Import a catalogue named ``"package.module:NAME"`` (a tuple of :class:`~tlutils.core.sources.Asset`).
+
+    Raises:
+        SystemExit: the module or the name does not exist, with a message saying so.
+    """
+    module_name, _, attribute = spec.partition(":")
+    try:
+        return tuple(getattr(importlib.import_module(module_name), attribute or "CATALOGUE"))
+    except (ImportError, AttributeError, TypeError) as error:
+        raise SystemExit(f"--catalogue {spec!r}: {error}; expected 'package.module:NAME' naming a tuple of Asset")
 
 
 def main(argv: list[str] | None = None, catalogue=None) -> int:
     """The command line: ``assets`` lists where every asset resolves from, ``prepare`` builds them."""
     parser = argparse.ArgumentParser(prog="python -m tlutils", description=__doc__)
+    parser.add_argument(
+        "--catalogue",
+        metavar="MODULE:NAME",
+        help="use this catalogue instead of the packaged one (for example a project's own)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("assets", help="list every asset and where it resolves from")
     prep = commands.add_parser("prepare", help="run the one-time conversions into data/cache/")
     prep.add_argument("names", nargs="*", help="only these assets (default: every offline-capable one)")
     args = parser.parse_args(argv)
+    if args.catalogue:
+        catalogue = load_catalogue(args.catalogue)
     return print_assets(catalogue) if args.command == "assets" else prepare(args.names, catalogue)
 
 

@@ -20,13 +20,18 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from typing import Sequence
 
 from tlutils.core.sources import (
     Asset,
+    AssetDamagedError,
     AssetError,
     AssetNotFoundError,
+    AssetWarning,
     Resolved,
+    SourceDamaged,
     SourceMiss,
     UnknownAssetError,
 )
@@ -48,17 +53,34 @@ def assets_by_name(catalogue: Sequence[Asset] | None = None) -> dict[str, Asset]
     return by_name
 
 
+def close_names(name: str, known: Sequence[str], count: int = 3) -> list[str]:
+    """The known names closest to a mistyped ``name`` (case and ``-``/``_`` do not matter), best first."""
+    folded = {candidate.lower().replace("-", "_"): candidate for candidate in known}
+    wanted = str(name).lower().replace("-", "_")
+    if wanted in folded:  # only case or a dash differs: that is the one
+        return [folded[wanted]]
+    matches = difflib.get_close_matches(wanted, list(folded), n=count, cutoff=0.6)
+    return [folded[match] for match in matches]
+
+
+def unknown_name_message(name: str, known: Sequence[str]) -> str:
+    """``unknown asset 'mobilenetv2'; did you mean 'mobilenet_v2'? Known assets: ...``."""
+    guesses = close_names(name, known)
+    guess = f"; did you mean {' or '.join(repr(g) for g in guesses)}?" if guesses else ""
+    return f"unknown asset {name!r}{guess} Known assets: {', '.join(sorted(known))}"
+
+
 def get_asset(name: str, catalogue: Sequence[Asset] | None = None) -> Asset:
-    """Return the catalogued asset, or raise :class:`UnknownAssetError` listing the names."""
+    """Return the catalogued asset, or raise :class:`UnknownAssetError` with close names and the list."""
     assets = assets_by_name(catalogue)
-    if name not in assets:
-        known = ", ".join(sorted(assets))
-        raise UnknownAssetError(f"unknown asset {name!r}; known assets: {known}")
+    if not isinstance(name, str) or name not in assets:
+        raise UnknownAssetError(unknown_name_message(name, list(assets)))
     return assets[name]
 
 
-def resolve(name: str, build: bool = True, sources: Sequence[str] | None = None,
-            catalogue: Sequence[Asset] | None = None) -> Resolved:
+def resolve(
+    name: str, build: bool = True, sources: Sequence[str] | None = None, catalogue: Sequence[Asset] | None = None
+) -> Resolved:
     """Find an asset, trying its sources in order.
 
     Args:
@@ -70,25 +92,38 @@ def resolve(name: str, build: bool = True, sources: Sequence[str] | None = None,
     Returns:
         A :class:`Resolved` naming the source and location.
 
+    A damaged source (a file whose sha256 does not match, a cache folder that differs
+    from its build record) is skipped with an :class:`AssetWarning` when a later
+    source works.
+
     Raises:
-        UnknownAssetError: ``name`` is not in the catalogue.
+        UnknownAssetError: ``name`` is not in the catalogue; the message suggests close names.
+        AssetDamagedError: no source worked and one held a damaged file; the message names it and the fix.
         AssetNotFoundError: no source worked; the message lists each reason and the fix.
     """
     asset = get_asset(name, catalogue)
-    reasons = []
+    reasons, damaged = [], []
     for source in asset.sources:
         if sources is not None and source.kind not in sources:
             continue
         try:
             location = source.locate(asset, build, lambda need: resolve(need, catalogue=catalogue).path)
-            return Resolved(name, source.kind, location)
         except SourceMiss as miss:
             reasons.append(f"  - {source.describe()}: {miss}")
+            if isinstance(miss, SourceDamaged):
+                damaged.append(source)
+            continue
+        if damaged:
+            warnings.warn(
+                f"asset {name!r}: skipped a damaged source, using {source.describe()} instead:\n" + "\n".join(reasons),
+                AssetWarning,
+                stacklevel=2,
+            )
+        return Resolved(name, source.kind, location, fix=source.repair(asset))
     tried = "\n".join(reasons) or "  (no source of the requested kinds)"
-    raise AssetNotFoundError(
-        f"asset {name!r} ({asset.description}) was not found.\nSources tried, in order:\n"
-        f"{tried}\nFix: {asset.fix}"
-    )
+    error = AssetDamagedError if damaged else AssetNotFoundError
+    fix = damaged[0].repair(asset) if damaged else asset.fix
+    raise error(f"asset {name!r} ({asset.description}) was not found.\nSources tried, in order:\n{tried}\nFix: {fix}")
 
 
 def status_table(build: bool = False, catalogue: Sequence[Asset] | None = None) -> list[dict]:
@@ -102,8 +137,7 @@ def status_table(build: bool = False, catalogue: Sequence[Asset] | None = None) 
     for name, asset in sorted(assets_by_name(catalogue).items(), key=lambda item: (item[1].kind, item[0])):
         try:
             found = resolve(name, build=build, catalogue=catalogue)
-            rows.append(dict(name=name, kind=asset.kind, source=found.source,
-                             location=found.location, problem=""))
+            rows.append(dict(name=name, kind=asset.kind, source=found.source, location=found.location, problem=""))
         except AssetNotFoundError as error:
             problem = str(error).splitlines()[-1].removeprefix("Fix: ")
             rows.append(dict(name=name, kind=asset.kind, source="-", location="-", problem=problem))

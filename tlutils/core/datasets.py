@@ -7,7 +7,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -23,6 +25,124 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Normalisation of TensorFlow ports such as EfficientNet-Lite: inputs scaled to [-1, 1].
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
+
+
+def content_hash(*parts: Any) -> str:
+    """A short sha256 of arrays, tensors, texts and numbers, for cache keys: equal content, equal hash.
+
+    Arrays and tensors are hashed by dtype, shape and raw bytes (no copy beyond moving a
+    tensor to the CPU); lists, tuples and dicts are hashed element by element.
+
+    Raises:
+        TypeError: a part is of a kind that has no stable content (an arbitrary object).
+
+    Example:
+        >>> content_hash(np.arange(3), "a") == content_hash(np.arange(3), "a")
+        True
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        _hash_into(digest, part)
+    return digest.hexdigest()[:16]
+
+
+def _hash_into(digest, part: Any) -> None:
+    """Feed one part into ``digest``, tagged with its kind so that ``[1]`` and ``"1"`` differ."""
+    if isinstance(part, torch.Tensor):
+        part = part.detach().cpu().contiguous()
+        digest.update(f"tensor{part.dtype}{tuple(part.shape)}".encode())
+        digest.update(part.reshape(-1).view(torch.uint8).numpy().tobytes() if part.numel() else b"")
+    elif isinstance(part, np.ndarray) and part.dtype != object:
+        digest.update(f"array{part.dtype.str}{part.shape}".encode())
+        digest.update(np.ascontiguousarray(part).tobytes())
+    elif isinstance(part, (str, bytes)):
+        data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
+        digest.update(f"{type(part).__name__}{len(data)}:".encode() + data)
+    elif part is None or isinstance(part, (bool, int, float, np.generic)):
+        digest.update(f"{type(part).__name__}:{part!r};".encode())
+    elif isinstance(part, dict):
+        digest.update(f"dict{len(part)}".encode())
+        for key in sorted(part, key=str):
+            _hash_into(digest, str(key))
+            _hash_into(digest, part[key])
+    elif isinstance(part, (list, tuple, np.ndarray)) or _is_pil_image(part):
+        if _is_pil_image(part):
+            part = [part.mode, np.asarray(part)]
+        digest.update(f"seq{len(part)}".encode())
+        for item in part:
+            _hash_into(digest, item)
+    else:
+        raise TypeError(f"cannot hash a {type(part).__name__} by its content")
+
+
+def _is_pil_image(value: Any) -> bool:
+    return hasattr(value, "convert") and hasattr(value, "mode") and hasattr(value, "size")
+
+
+def describe(obj: Any) -> str:
+    """``repr(obj)`` without memory addresses: the same configuration gives the same text in every process."""
+    return re.sub(r" (object )?at 0x[0-9a-fA-F]+", "", repr(obj))
+
+
+def as_class_labels(labels: Any, what: str = "labels") -> np.ndarray:
+    """Check that ``labels`` are class indices (0, 1, 2, ...) and return them as ``int64``.
+
+    Whole-number floats (``1.0``) are accepted; anything that would be silently changed by a
+    cast to integers (``1.7``, ``NaN``, ``"cat"``, negative numbers) is refused.
+
+    Args:
+        labels: One label per example (list, numpy array or tensor).
+        what: The argument's name, used in the error message.
+
+    Raises:
+        TypeError: ``labels`` is a single string or holds non-numbers.
+        ValueError: the labels are not a 1-D sequence of non-negative whole numbers.
+    """
+    if isinstance(labels, str):
+        raise TypeError(f"{what} is a single string ({labels[:30]!r}); pass one integer label per example")
+    array = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if array.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D sequence of class indices, got shape {array.shape}; "
+                         "for one-hot labels pass labels.argmax(1)")
+    if array.dtype.kind in "USO":
+        example = next((x for x in array.tolist() if not isinstance(x, int)), None)
+        raise TypeError(f"{what} must be integer class indices, got {type(example).__name__} values such as "
+                        f"{example!r}; map names to numbers first, e.g. classes = sorted(set(labels)) and "
+                        "labels = [classes.index(name) for name in labels]")
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            raise ValueError(f"{what} must be whole numbers (class indices), got {array[bad][0].item()!r} at index "
+                             f"{int(np.flatnonzero(bad)[0])}; a cast to int would silently change it: fix the labels "
+                             "(or round them yourself if that is really what you mean)")
+    elif array.dtype.kind not in "iub":
+        raise TypeError(f"{what} must be integer class indices, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    if array.size and array.min() < 0:
+        raise ValueError(f"{what} must be class indices 0, 1, 2, ..., got {int(array.min())} at index "
+                         f"{int(np.argmin(array))}; remap the classes to start at 0")
+    return array
+
+
+def check_texts(texts: Any, what: str = "texts") -> list[str]:
+    """Check that ``texts`` is a non-empty sequence of strings and return it as a list.
+
+    Raises:
+        TypeError: a single string was passed (it would become one text per character), or an
+            item is not a string (a missing value read as ``NaN``, a number, ``None``).
+        ValueError: the sequence is empty.
+    """
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{what} is a single string; pass a list of texts, e.g. [{texts[:30]!r}] "
+                        "(a string would be split into one text per character)")
+    texts = list(texts)
+    if not texts:
+        raise ValueError(f"{what} is empty: pass at least one text")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{what}[{index}] is {type(text).__name__} {text!r}, not a string; drop or fill "
+                            "missing texts first (pandas: df['text'].fillna(''))")
+    return texts
 
 
 def _as_labels(labels: Any) -> np.ndarray:
@@ -149,6 +269,9 @@ class ToRGBTensor:
             kind = getattr(image, "dtype", type(image).__name__)
             raise TypeError(f"expected a uint8 numpy array or a PIL image, got {kind}; "
                             "convert floats in [0, 1] with (x * 255).round().astype(np.uint8)")
+        if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
+            raise ValueError(f"expected an H x W x C image (channels last), got shape {image.shape}, which looks "
+                             "channel-first (C x H x W); transpose it with image.transpose(1, 2, 0)")
         if image.ndim == 3 and image.shape[2] in (1, 3, 4):
             image = image[:, :, 0] if image.shape[2] == 1 else image[:, :, :3]
         # np.array copies: PIL arrays and cached arrays are read-only, torch wants writable.
@@ -215,6 +338,7 @@ def images_to_tensor(images: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise ValueError(f"expected N x H x W (x 3) uint8 images, got {images.shape} {images.dtype}")
+    _check_channels_last(images)
     batch = torch.from_numpy(np.array(images)).float().div(255)
     batch = batch[:, None].expand(-1, 3, -1, -1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
     if size is not None and batch.shape[-1] != size:
@@ -222,6 +346,17 @@ def images_to_tensor(images: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
     mean_t = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
     return ((batch - mean_t) / std_t).contiguous()
+
+
+def _check_channels_last(images: np.ndarray) -> None:
+    """Refuse an ``N x C x H x W`` batch (or one with an alpha channel) where ``N x H x W x 3`` is expected."""
+    if images.ndim != 4 or images.shape[-1] in (1, 3):
+        return
+    if images.shape[1] in (1, 3, 4):
+        raise ValueError(f"expected N x H x W x 3 images (channels last), got shape {images.shape}, which looks "
+                         "channel-first (N x C x H x W); transpose it with images.transpose(0, 2, 3, 1)")
+    hint = "; drop the alpha channel with images[..., :3]" if images.shape[-1] == 4 else ""
+    raise ValueError(f"expected N x H x W x 3 (or grey N x H x W) images, got shape {images.shape}{hint}")
 
 
 class ArrayImageDataset(Dataset):
@@ -242,9 +377,18 @@ class ArrayImageDataset(Dataset):
                  transform: Callable[[Any], Any] | None = None):
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if isinstance(images, np.ndarray) and images.dtype != object:
+            if images.ndim not in (3, 4):
+                raise ValueError(f"expected N x H x W or N x H x W x 3 images, got shape {images.shape}; "
+                                 "reshape flat rows first, e.g. images.reshape(-1, 28, 28)")
+            _check_channels_last(images)
         self.images = images
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.labels = None if labels is None else as_class_labels(labels)
         self.transform = transform
+
+    def fingerprint(self) -> str:
+        """A content hash of the images, the labels and the transform's settings (for feature caches)."""
+        return content_hash("ArrayImageDataset", self.images, self.labels, describe(self.transform))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -279,17 +423,25 @@ class TextDataset(Dataset):
 
     def __init__(self, texts: Sequence[str], labels: Sequence[int] | None, tokenizer: Any,
                  max_length: int = 128, padding: str = "longest"):
+        texts = check_texts(texts)
         if labels is not None and len(labels) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no padding token; for GPT-style models set "
                              "tokenizer.pad_token = tokenizer.eos_token first")
         check_one_of(padding, ("longest", "max_length"), "padding")
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)
         self.input_ids = encoded["input_ids"]
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-        pad_to = max_length if padding == "max_length" else None
-        self.collate = text_collator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to)
+        self.labels = None if labels is None else as_class_labels(labels)
+        self.pad_to = max_length if padding == "max_length" else None
+        self.collate = text_collator(tokenizer.pad_token_id, tokenizer.padding_side, self.pad_to)
+
+    def fingerprint(self) -> str:
+        """A content hash of the token ids (texts, tokenizer and truncation), labels and padding."""
+        lengths = np.array([len(ids) for ids in self.input_ids], dtype=np.int64)
+        flat = np.fromiter((token for ids in self.input_ids for token in ids), dtype=np.int64, count=int(lengths.sum()))
+        return content_hash("TextDataset", lengths, flat, self.labels, self.pad_to, self.collate.padding_side,
+                            self.collate.pad_values)
 
     def __len__(self) -> int:
         return len(self.input_ids)

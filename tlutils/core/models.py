@@ -11,20 +11,36 @@ Example:
 
 from __future__ import annotations
 
+import pickle
+import zipfile
+
 import torch
 import torchvision
 from torch import nn
 
 from tlutils.core.assets import resolve
-from tlutils.core.sources import Resolved
+from tlutils.core.sources import AssetDamagedError, Resolved
 from tlutils.core.surgery import conv_out_channels
 
 TORCHVISION_CLASSICS = ("resnet18", "resnet50", "vgg16", "inception_v3")
 HUB_CLASSICS = ("bert-base-uncased", "roberta-base", "gpt2", "wav2vec2-base")
 
 
-def _load_state(found: Resolved) -> dict:
-    return torch.load(found.file(".pth"), map_location="cpu", weights_only=True)
+def load_weights_file(found: Resolved, suffix: str = ".pth") -> dict:
+    """Read the resolved asset's weights file with ``torch.load(weights_only=True)``.
+
+    Raises:
+        AssetDamagedError: the file cannot be read (truncated, corrupted, not a torch
+            file); the message names the file, where it came from and the fix.
+    """
+    path = found.file(suffix)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise AssetDamagedError(
+            f"{path} (asset {found.name!r}, from the {found.source} source) cannot be read as torch weights: "
+            f"{str(error).splitlines()[0]}\nFix: {found.fix or 'delete the file and resolve the asset again'}"
+        ) from None
 
 
 def imagenet_categories() -> list[str]:
@@ -41,7 +57,7 @@ def load_mobilenet_v2(pretrained: bool = True) -> nn.Module:
     """
     model = torchvision.models.mobilenet_v2()
     if pretrained:
-        model.load_state_dict(_load_state(resolve("mobilenet_v2")))
+        model.load_state_dict(load_weights_file(resolve("mobilenet_v2")))
     return model.eval()
 
 
@@ -60,12 +76,15 @@ def load_efficientnet_lite0(pretrained: bool = True) -> nn.Module:
     if found.source == "online":
         return timm.create_model(f"hf-hub:{found.location}", pretrained=True).eval()
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    source, target = _load_state(found), model.state_dict()
+    source, target = load_weights_file(found), model.state_dict()
     shapes_match = len(source) == len(target) and all(
-        a.shape == b.shape for a, b in zip(source.values(), target.values()))
+        a.shape == b.shape for a, b in zip(source.values(), target.values())
+    )
     if not shapes_match:
-        raise ValueError(f"{found.location} does not match tf_efficientnet_lite0 parameter for parameter; "
-                         "is it the EfficientNet-Lite0 file?")
+        raise ValueError(
+            f"{found.location} does not match tf_efficientnet_lite0 parameter for parameter; "
+            "is it the EfficientNet-Lite0 file?"
+        )
     model.load_state_dict(dict(zip(target.keys(), source.values())))
     return model.eval()
 
@@ -78,7 +97,7 @@ def load_torchvision_classic(name: str, pretrained: bool = True) -> nn.Module:
     """
     if name not in TORCHVISION_CLASSICS:
         raise ValueError(f"unknown torchvision model {name!r}; choose one of {TORCHVISION_CLASSICS}")
-    state = _load_state(resolve(name)) if pretrained else None  # offline, fail before building anything
+    state = load_weights_file(resolve(name)) if pretrained else None  # offline, fail before building anything
     extra = {"aux_logits": True, "init_weights": False} if name == "inception_v3" else {}
     model = getattr(torchvision.models, name)(**extra)
     if state is not None:
@@ -124,9 +143,12 @@ def load_pretrained(name: str):
         The model, or ``(tokenizer_or_processor, model)`` for text and speech models.
     """
     loaders = {
-        "mobilenet_v2": load_mobilenet_v2, "efficientnet_lite0": load_efficientnet_lite0,
-        "minilm_l6": lambda: load_text_encoder("minilm_l6"), "minilm_l3": lambda: load_text_encoder("minilm_l3"),
-        "smollm2_135m": load_smollm2, "whisper_tiny_en": load_whisper,
+        "mobilenet_v2": load_mobilenet_v2,
+        "efficientnet_lite0": load_efficientnet_lite0,
+        "minilm_l6": lambda: load_text_encoder("minilm_l6"),
+        "minilm_l3": lambda: load_text_encoder("minilm_l3"),
+        "smollm2_135m": load_smollm2,
+        "whisper_tiny_en": load_whisper,
         **{n: (lambda n=n: load_torchvision_classic(n)) for n in TORCHVISION_CLASSICS},
         **{n: (lambda n=n: load_text_encoder(n)) for n in HUB_CLASSICS if n != "wav2vec2-base"},
     }
@@ -170,8 +192,9 @@ class GE2EEncoder(nn.Module):
     the generalised end-to-end loss so that clips of one voice point the same way.
     """
 
-    def __init__(self, n_mels: int = GE2E_N_MELS, hidden_size: int = 256, embedding_size: int = 256,
-                 num_layers: int = 3):
+    def __init__(
+        self, n_mels: int = GE2E_N_MELS, hidden_size: int = 256, embedding_size: int = 256, num_layers: int = 3
+    ):
         super().__init__()
         self.lstm = nn.LSTM(n_mels, hidden_size, num_layers, batch_first=True)
         self.linear = nn.Linear(hidden_size, embedding_size)
@@ -193,13 +216,15 @@ def load_ge2e() -> GE2EEncoder:
     Raises:
         ValueError: the file does not hold the expected LSTM and linear weights.
     """
-    checkpoint = torch.load(resolve("ge2e_speaker").file(".pt"), map_location="cpu", weights_only=True)
+    checkpoint = load_weights_file(resolve("ge2e_speaker"), ".pt")
     state = checkpoint.get("model_state", checkpoint)
     encoder = GE2EEncoder()
     wanted = set(encoder.state_dict())
     weights = {k: v for k, v in state.items() if k in wanted}
     if set(weights) != wanted:
-        raise ValueError(f"the GE2E checkpoint lacks {sorted(wanted - set(weights))}; is it Resemblyzer's pretrained.pt?")
+        raise ValueError(
+            f"the GE2E checkpoint lacks {sorted(wanted - set(weights))}; is it Resemblyzer's pretrained.pt?"
+        )
     encoder.load_state_dict(weights)
     return encoder.eval()
 

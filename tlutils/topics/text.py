@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from tlutils.core.datasets import text_loader
+from tlutils.core.datasets import as_class_labels, check_texts, text_loader
 from tlutils.core.runtime import check_one_of
 
 POOLINGS = ("cls", "mean")
@@ -70,6 +69,9 @@ class PooledEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         return pool_hidden_states(hidden, attention_mask, self.pooling)
+
+    def extra_repr(self) -> str:
+        return f"pooling={self.pooling!r}"  # part of the feature cache's key, with the weights
 
 
 class EncoderClassifier(nn.Module):
@@ -120,19 +122,13 @@ def fit_tfidf_logreg(texts: Sequence[str], labels: Sequence[int], max_features: 
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    if len(texts) != len(labels) or len(texts) == 0:
-        raise ValueError(f"need one label per text and at least one text, got {len(texts)} texts "
-                         f"and {len(labels)} labels")
+    texts = check_texts(texts)
+    labels = as_class_labels(labels)
+    if len(texts) != len(labels):
+        raise ValueError(f"need one label per text, got {len(texts)} texts and {len(labels)} labels")
     pipeline = make_pipeline(TfidfVectorizer(ngram_range=ngram_range, max_features=max_features, sublinear_tf=True),
                              LogisticRegression(C=C, max_iter=2000, random_state=seed))
-    return pipeline.fit(list(texts), np.asarray(labels))
-
-
-def _texts_fingerprint(texts: Sequence[str]) -> str:
-    """A short hash of the texts, so a feature cache made from other texts is never reused."""
-    import hashlib
-
-    return hashlib.sha1("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
+    return pipeline.fit(texts, labels)
 
 
 def pooled_features(encoder: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int],
@@ -149,8 +145,10 @@ def pooled_features(encoder: nn.Module, tokenizer: Any, texts: Sequence[str], la
         max_length: Texts are truncated to this many tokens.
         batch_size: Texts per forward pass.
         cache_name: File name under ``data/cache/features/`` (start it with the notebook
-            number); ``None`` disables the cache. The fingerprint covers the model,
-            the pooling, the length and a hash of the texts.
+            number); ``None`` disables the cache. Its key covers the encoder's current
+            weights, the pooling, and a hash of the token ids (texts, tokenizer, length)
+            and of the labels, so corrected labels or a fine-tuned encoder are never
+            served old features.
         device: Defaults to :func:`~tlutils.core.runtime.get_device`.
         progress: Show a progress bar.
 
@@ -160,8 +158,7 @@ def pooled_features(encoder: nn.Module, tokenizer: Any, texts: Sequence[str], la
     from tlutils.core.features import extract_features
 
     loader = text_loader(texts, labels, tokenizer, max_length=max_length, batch_size=batch_size)
-    fingerprint = (f"{getattr(encoder.config, '_name_or_path', '')}|{encoder.config.num_hidden_layers} layers|"
-                   f"{pooling}|{max_length}|{_texts_fingerprint(texts)}")
+    fingerprint = f"{getattr(encoder.config, '_name_or_path', '')}|{pooling}|{max_length}"
     return extract_features(PooledEncoder(encoder, pooling), loader, cache_name=cache_name, fingerprint=fingerprint,
                             device=device, progress=progress)
 
