@@ -24,7 +24,7 @@ from tlutils.core.features import (
     train_linear_probe,
 )
 from tlutils.core.train import evaluate, fit
-from tlutils.course.exercises import BrokenExerciseError, check_choice, check_number
+from tlutils.course.exercises import BrokenExerciseError, check_choice, check_number, solved
 from tlutils.topics.speaker import ge2e_embeddings
 from tlutils.topics.speech import whisper_features
 from tlutils.topics.text import fit_tfidf_logreg
@@ -431,3 +431,15 @@ def test_checks_accept_numpy_and_torch_scalars_and_still_judge_the_learner(capsy
     assert check_number(2.5, np.float32(2.5)) and check_number(4, torch.tensor(4))
     assert check_choice("3", np.int64(3)) and not check_number(3, math.pi)
     assert capsys.readouterr().out.splitlines() == ["Correct!", "Correct!", "Correct!", "Not quite: 3 is not right."]
+
+
+def test_a_solution_is_checked_without_printing_and_a_wrong_one_fails_loudly(capsys):
+    def check_exercise(answer):
+        return check_number(answer, 42, hint="six times seven")
+
+    assert solved(check_exercise, 42)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(AssertionError, match="does not pass its own check: Not quite: 41 .*six times seven"):
+        solved(check_exercise, 41)
+    with pytest.raises(AssertionError, match="Not answered yet"):
+        solved(check_exercise, None)

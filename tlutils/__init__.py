@@ -20,9 +20,16 @@ core/     what any transfer-learning project needs (imports nothing above it)
 topics/   one module per technique (imports only core)
     anatomy, architectures, regularizers, strategies, adaptation, peft, explain, detection,
     segmentation, text, qa, language_models, speech, speaker
+    domain        shift scores (proxy A-distance), gradient reversal, DANN and CORAL steps
+    forgetting    agreement with the original model, Fisher + EWC penalty, LwF distillation step
+    overfitting   where the validation loss turns, the mixup step, augmentation on cached features
+    efficient     BitFit, bottleneck adapters, optimizer-state bytes, int8 dynamic quantisation
+    learning_curves  accuracy vs labels per class through the comparison protocol, labels to a target
+    training_cost  steps and seconds to a target accuracy, seconds per epoch, cost growth with data
 course/   what only this course needs (may import anything)
     exercises, widgets, curriculum, and the experiments of single notebooks:
-    mathematics (03), strategy_table (04), medical (05), scenes (06), text_comparison (07)
+    mathematics (03), strategy_table (04), medical (05), scenes (06), text_comparison (07),
+    challenges (12), scratch_vs_transfer (11)
 
 The names the notebooks use most are importable from ``tlutils`` itself, for example
 ``from tlutils import fit, set_seed``; each is the same object as in its home module.
@@ -47,6 +54,7 @@ SHORTCUTS = {
     "parameter_count": "tlutils.core.surgery", "trainable_parameter_count": "tlutils.core.surgery",
     "compare": "tlutils.core.compare", "assert_better": "tlutils.core.compare", "assert_tied": "tlutils.core.compare",
     "check_number": "tlutils.course.exercises", "check_choice": "tlutils.course.exercises",
+    "solved": "tlutils.course.exercises",
 }
 
 __all__ = sorted(SHORTCUTS)

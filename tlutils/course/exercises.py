@@ -10,8 +10,11 @@ belongs) raises :class:`BrokenExerciseError`: the exercise is at fault, not the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import numbers
+from typing import Callable
 
 
 class BrokenExerciseError(RuntimeError):
@@ -101,3 +104,27 @@ def check_choice(answer, expected, hint: str = "") -> bool:
     right = str(answer).strip().lower() == expected
     print("Correct!" if right else f"Not quite. {hint}".strip())
     return right
+
+
+def solved(check: Callable[[object], bool], answer) -> bool:
+    """Run an exercise's check on the solution without printing, so a solution cell shows nothing.
+
+    A solution cell ends with ``assert solved(check_exercise_1, answer)``: nbval still tests the
+    solution, and a reader who has not tried sees no answer and no "Correct!" in its output.
+
+    Args:
+        check: The exercise's check function (prints and returns True when right).
+        answer: The solution's value.
+
+    Returns:
+        True.
+
+    Raises:
+        AssertionError: The solution fails its own check; the message repeats what the check said.
+    """
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        right = check(answer)
+    if not right:
+        raise AssertionError(f"the solution does not pass its own check: {said.getvalue().strip()}")
+    return True
