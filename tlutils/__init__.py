@@ -24,6 +24,7 @@ topics/   one module per technique (imports only core)
     forgetting    agreement with the original model, Fisher + EWC penalty, LwF distillation step
     overfitting   where the validation loss turns, the mixup step, augmentation on cached features
     efficient     BitFit, bottleneck adapters, optimizer-state bytes, int8 dynamic quantisation
+    bias          WEAT association test with permutation p-value, per-group accuracy and gap
     learning_curves  accuracy vs labels per class through the comparison protocol, labels to a target
     training_cost  steps and seconds to a target accuracy, seconds per epoch, cost growth with data
 course/   what only this course needs (may import anything)

@@ -1,0 +1,234 @@
+"""Notebook 11 (scratch vs transfer): its data splits, scratch image model, pairings, plots and the guide's table.
+
+The general machinery is in :mod:`tlutils.topics.learning_curves` (curves through the comparison
+protocol) and :mod:`tlutils.topics.training_cost` (time to accuracy); this module holds what the
+notebook needs around it: disjoint balanced splits, the scratch CNN for digits, the pairing of two
+points of a curve (transfer at 10 labels vs scratch at 100), "mean ± SE" cells, the plots and the
+regenerated comparison table of the guide.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tlutils.core.compare import Comparison
+from tlutils.topics.learning_curves import LearningCurve
+
+
+def disjoint_balanced(labels: Any, sizes: Sequence[int], seed: int) -> list[np.ndarray]:
+    """Disjoint, class-balanced index sets: ``sizes[k]`` examples of every class in set ``k``.
+
+    The sets are cut from one seeded permutation, so they never overlap (a pool to draw training
+    subsets from, a validation split, a test split, ...).
+
+    Args:
+        labels: One integer label per example.
+        sizes: Examples per class of each set, in order.
+        seed: Seeds the permutation.
+
+    Returns:
+        One sorted index array per entry of ``sizes``.
+
+    Raises:
+        ValueError: A class has fewer examples than ``sum(sizes)``.
+    """
+    labels = np.asarray(labels)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    need = int(sum(sizes))
+    sets: list[list[np.ndarray]] = [[] for _ in sizes]
+    for label in np.unique(labels):
+        members = order[labels[order] == label]
+        if len(members) < need:
+            raise ValueError(
+                f"class {label} has {len(members)} examples, fewer than the {need} that sizes="
+                f"{list(sizes)} ask for; lower the sizes"
+            )
+        bounds = np.cumsum([0, *sizes])
+        for k in range(len(sizes)):
+            sets[k].append(members[bounds[k] : bounds[k + 1]])
+    return [np.sort(np.concatenate(parts)) for parts in sets]
+
+
+class SmallImageCNN(nn.Module):
+    """A small CNN for grey digit images, trained from random weights (the no-transfer baseline).
+
+    Two conv - BatchNorm - ReLU - 2x max-pool blocks, average pooling to a 4 x 4 grid (where a
+    stroke is matters for digits, so the layout is kept rather than pooled away) and a linear
+    ``head``; about 29 k parameters, so a training step on 28 x 28 images costs milliseconds.
+
+    Args:
+        num_classes: Number of outputs.
+        channels: Output channels of the two conv blocks.
+        in_channels: 1 for grey images.
+    """
+
+    def __init__(self, num_classes: int, channels: Sequence[int] = (32, 64), in_channels: int = 1):
+        super().__init__()
+        widths = [in_channels, *channels]
+        self.features = nn.Sequential(
+            *(
+                nn.Sequential(
+                    nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True), nn.MaxPool2d(2)
+                )
+                for a, b in zip(widths, widths[1:])
+            )
+        )
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.head = nn.Linear(widths[-1] * 16, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``N x C x H x W`` images -> ``N x num_classes`` logits."""
+        if images.ndim != 4:
+            raise ValueError(f"expected N x C x H x W images, got shape {tuple(images.shape)}")
+        return self.head(self.pool(self.features(images)).flatten(1))
+
+
+def format_mean_se(mean: float, se: float, digits: int = 3, unit: str = "") -> str:
+    """``"0.912 ± 0.004"``; ``"not reached"`` for an infinite mean; no ``±`` part when the SE is NaN."""
+    if mean is None or (isinstance(mean, float) and math.isinf(mean)):
+        return "not reached"
+    if se is None or not math.isfinite(se):
+        return f"{mean:.{digits}f}{unit}"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}{unit}"
+
+
+def plot_learning_curves(
+    curves: Mapping[str, LearningCurve], split: str | None = None, targets: Mapping[str, float] | None = None
+):
+    """One panel per modality: accuracy against labels per class (log x), mean +- SE band per approach.
+
+    Args:
+        curves: ``{modality: LearningCurve}``.
+        split: Which held-out split to draw (default: each curve's primary split).
+        targets: Optional ``{modality: accuracy}`` drawn as a dotted line.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.6), squeeze=False)
+    for ax, (modality, curve) in zip(axes[0], curves.items()):
+        summary = curve.summary(split).reset_index()
+        for approach, rows in summary.groupby("approach", sort=False):
+            x, mean, se = rows["per_class"], rows["mean"], rows["se"].fillna(0.0)
+            style = "o-" if len(rows) > 1 else "D"
+            line = ax.plot(x, mean, style, label=approach, markersize=5)[0]
+            ax.fill_between(x, mean - se, mean + se, color=line.get_color(), alpha=0.2)
+            if len(rows) == 1:
+                ax.errorbar(x, mean, yerr=se, color=line.get_color(), capsize=4)
+        if targets and modality in targets:
+            ax.axhline(targets[modality], color="grey", linestyle=":", label="target")
+        ax.set(
+            xscale="log",
+            xlabel="labelled examples per class",
+            ylabel=f"{split or curve.splits[0]} accuracy",
+            title=modality,
+        )
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cost_scaling(table: pd.DataFrame):
+    """Log-log plot of seconds against training examples, one line per approach.
+
+    Args:
+        table: Columns ``approach``, ``examples``, ``seconds``.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for approach, rows in table.groupby("approach", sort=False):
+        ax.plot(rows["examples"], rows["seconds"], "o-", label=approach)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="training examples",
+        ylabel="seconds for one epoch",
+        title="how training cost grows with data",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def guide_table(
+    cells: Mapping[tuple[str, str], str], guide_words: Mapping[str, str], rows: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """The guide's comparison table with measured cells: one row per criterion, the guide's words first.
+
+    Args:
+        cells: ``{(criterion, column): text}``, e.g. ``{("performance", "images: fine-tuning"): "0.91 ± 0.01"}``.
+        guide_words: ``{criterion: the guide's original words}``.
+        rows: Order of the criteria (default: the order of ``guide_words``).
+
+    Returns:
+        A DataFrame indexed by criterion; the first column is ``"the guide says"``, missing cells are ``"-"``.
+    """
+    rows = list(rows or guide_words)
+    columns = list(dict.fromkeys(column for _, column in cells))
+    unknown = {criterion for criterion, _ in cells} - set(rows)
+    if unknown:
+        raise ValueError(f"cells name criteria without a row: {sorted(unknown)}; the rows are {rows}")
+    table = pd.DataFrame("-", index=pd.Index(rows, name="criterion"), columns=["the guide says", *columns])
+    for criterion in rows:
+        table.loc[criterion, "the guide says"] = guide_words.get(criterion, "-")
+    for (criterion, column), text in cells.items():
+        table.loc[criterion, column] = text
+    return table
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub Markdown table (index first), without the ``tabulate`` dependency."""
+    header = [table.index.name or "", *map(str, table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for index, row in table.iterrows():
+        lines.append("| " + " | ".join([str(index), *(str(v).replace("|", "/") for v in row)]) + " |")
+    return "\n".join(lines)
+
+
+def cross_budget_comparison(
+    curve: LearningCurve, a: tuple[str, int], b: tuple[str, int], split: str | None = None
+) -> Comparison:
+    """Pair two (approach, labels per class) points of a curve by seed, e.g. transfer at 10 vs scratch at 100.
+
+    Args:
+        curve: The learning curve.
+        a, b: ``(approach, per_class)`` of each side.
+        split: The held-out split to compare on.
+
+    Returns:
+        A :class:`Comparison` with the arms ``"<approach> @ <per_class>"``, ready for
+        :func:`~tlutils.core.compare.assert_better`.
+    """
+    rows = []
+    for approach, per_class in (a, b):
+        comparison = curve.comparison(per_class, split)
+        if approach not in comparison.arms:
+            raise KeyError(f"{approach!r} was not run at {per_class} labels per class; it has {comparison.arms}")
+        part = comparison.table[comparison.table["arm"] == approach].copy()
+        rows.append(part.assign(arm=f"{approach} @ {per_class}"))
+    budget = curve.comparisons[a[1]].budget
+    return Comparison(pd.concat(rows, ignore_index=True), metric=curve.comparison(a[1], split).metric, budget=budget)
+
+
+def split_loaders(splits: Mapping[str, tuple[torch.Tensor, Any]], batch_size: int = 256) -> dict[str, DataLoader]:
+    """``{split: (inputs, labels)}`` -> ``{split: DataLoader}`` (in order, for scoring)."""
+    from torch.utils.data import TensorDataset
+
+    return {
+        name: DataLoader(TensorDataset(inputs, torch.as_tensor(np.asarray(labels)).long()), batch_size=batch_size)
+        for name, (inputs, labels) in splits.items()
+    }
