@@ -443,3 +443,13 @@ def test_a_solution_is_checked_without_printing_and_a_wrong_one_fails_loudly(cap
         solved(check_exercise, 41)
     with pytest.raises(AssertionError, match="Not answered yet"):
         solved(check_exercise, None)
+
+
+def test_a_check_of_several_answers_is_solved_with_all_of_them(capsys):
+    def check_exercise(first, second):
+        return check_number(first, 0.8) and check_number(second, 0.125)
+
+    assert solved(check_exercise, 0.8, 0.125)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(AssertionError, match="does not pass its own check"):
+        solved(check_exercise, 0.8, 0.5)

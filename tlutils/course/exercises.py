@@ -106,7 +106,7 @@ def check_choice(answer, expected, hint: str = "") -> bool:
     return right
 
 
-def solved(check: Callable[[object], bool], answer) -> bool:
+def solved(check: Callable[..., bool], *answers) -> bool:
     """Run an exercise's check on the solution without printing, so a solution cell shows nothing.
 
     A solution cell ends with ``assert solved(check_exercise_1, answer)``: nbval still tests the
@@ -114,7 +114,7 @@ def solved(check: Callable[[object], bool], answer) -> bool:
 
     Args:
         check: The exercise's check function (prints and returns True when right).
-        answer: The solution's value.
+        *answers: The solution's value, or values when the check takes several.
 
     Returns:
         True.
@@ -124,7 +124,7 @@ def solved(check: Callable[[object], bool], answer) -> bool:
     """
     said = io.StringIO()
     with contextlib.redirect_stdout(said):
-        right = check(answer)
+        right = check(*answers)
     if not right:
         raise AssertionError(f"the solution does not pass its own check: {said.getvalue().strip()}")
     return True
