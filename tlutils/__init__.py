@@ -29,7 +29,7 @@ topics/   one module per technique (imports only core)
     training_cost  steps and seconds to a target accuracy, seconds per epoch, cost growth with data
 course/   what only this course needs (may import anything)
     exercises, widgets, curriculum, and the experiments of single notebooks:
-    mathematics (03), strategy_table (04), medical (05), scenes (06), text_comparison (07),
+    fundamentals (01), mathematics (03), strategy_table (04), medical (05), scenes (06), text_comparison (07),
     challenges (12), scratch_vs_transfer (11)
 
 The names the notebooks use most are importable from ``tlutils`` itself, for example
