@@ -29,7 +29,7 @@ def plot_lambda_sweep(lambdas: Sequence[float], source_accuracy: Sequence[float]
         ax.axvline(highlight, color="grey", linestyle="--", label=f"lambda = {highlight:g}")
     positive = [lam for lam in lambdas if lam > 0] or [1.0]
     ax.set_xscale("symlog", linthresh=min(positive))
-    ax.set(xlabel="lambda (weight of the target loss)", ylabel="test accuracy", ylim=(0, 1),
+    ax.set(xlabel="lambda (weight of the target loss)", ylabel="validation accuracy", ylim=(0, 1),
            title=title or "L_total = L_source + lambda * L_target")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
