@@ -28,7 +28,7 @@ topics/   one module per technique (imports only core)
     learning_curves  accuracy vs labels per class through the comparison protocol, labels to a target
     training_cost  steps and seconds to a target accuracy, seconds per epoch, cost growth with data
 course/   what only this course needs (may import anything)
-    exercises, widgets, curriculum, and the experiments of single notebooks:
+    exercises, widgets, curriculum, notebook_outputs, and the experiments of single notebooks:
     fundamentals (01), mathematics (03), strategy_table (04), medical (05), scenes (06), text_comparison (07),
     challenges (12), scratch_vs_transfer (11)
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tlutils assets`` and ``python -m tlutils prepare``."""
+"""Command line: ``python -m tlutils assets``, ``python -m tlutils prepare`` and ``python -m tlutils tidy``."""
 
 from __future__ import annotations
 
@@ -124,6 +124,20 @@ def load_catalogue(spec: str):
         raise SystemExit(f"--catalogue {spec!r}: {error}; expected 'package.module:NAME' naming a tuple of Asset")
 
 
+def tidy_notebooks(paths: list[str]) -> int:
+    """Rewrite the progress-bar outputs of each notebook from its saved widget state; return the exit code."""
+    from tlutils.course.notebook_outputs import tidy_file
+
+    failed = 0
+    for path in paths:
+        try:
+            print(f"{path}: {tidy_file(path)} progress-bar outputs tidied")
+        except (OSError, ValueError) as error:
+            print(f"{path}: not tidied: {error}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None, catalogue=None) -> int:
     """The command line: ``assets`` lists where every asset resolves from, ``prepare`` builds them."""
     parser = argparse.ArgumentParser(prog="python -m tlutils", description=__doc__)
@@ -136,7 +150,11 @@ def main(argv: list[str] | None = None, catalogue=None) -> int:
     commands.add_parser("assets", help="list every asset and where it resolves from")
     prep = commands.add_parser("prepare", help="run the one-time conversions into data/cache/")
     prep.add_argument("names", nargs="*", help="only these assets (default: every offline-capable one)")
+    tidy = commands.add_parser("tidy", help="make the progress bars of executed notebooks show their last state")
+    tidy.add_argument("notebooks", nargs="+", help="the .ipynb files to tidy in place")
     args = parser.parse_args(argv)
+    if args.command == "tidy":
+        return tidy_notebooks(args.notebooks)
     if args.catalogue:
         catalogue = load_catalogue(args.catalogue)
     return print_assets(catalogue) if args.command == "assets" else prepare(args.names, catalogue)
