@@ -326,3 +326,264 @@ def retained_comparison(retained: dict, budget):
     rows = [{"arm": arm, "seed": seed, "val": value, "test": value, "trainable_params": 0, "seconds": 0.0,
              "steps": 0, "choice": {}} for (arm, seed), value in retained.items()]
     return Comparison(pd.DataFrame(rows), metric="agreement", budget=budget)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Notebook 12b: what each fine-tuning method costs (a MiniLM text classifier), and a bias measured by group.
+# ---------------------------------------------------------------------------------------------------------
+
+#: The fine-tuning methods of notebook 12b, cheapest last.
+COST_METHODS = ("full fine-tuning", "last block", "BitFit", "LoRA", "adapters", "head only")
+
+
+def cost_model(encoder: nn.Module, method: str, num_classes: int, seed: int, lora_rank: int = 8,
+               bottleneck: int = 16) -> nn.Module:
+    """A fresh :class:`~tlutils.topics.text.EncoderClassifier` on a copy of ``encoder``, set up for ``method``.
+
+    ``"full fine-tuning"`` trains everything; ``"last block"`` the last transformer layer and the head;
+    ``"BitFit"`` the biases and the head; ``"LoRA"`` rank-``lora_rank`` updates of the attention's query and
+    value projections (peft) and the head; ``"adapters"`` a bottleneck adapter per layer and the head;
+    ``"head only"`` the head. The new head (and LoRA's random ``A``) are drawn with ``seed``.
+    """
+    from tlutils.core.runtime import check_one_of
+    from tlutils.topics.efficient import add_bert_adapters, bitfit
+    from tlutils.topics.text import EncoderClassifier
+
+    check_one_of(method, COST_METHODS, "method")
+    import copy
+
+    body = copy.deepcopy(encoder)
+    if getattr(body, "pooler", None) is not None:
+        body.pooler = None  # unused by the mean-pooling head: it would count as trainable but never get a gradient
+    with seeded(seed):
+        if method == "LoRA":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                target_modules=["query", "value"])
+            body = inject_adapter_in_model(config, body)
+        elif method == "adapters":
+            body = add_bert_adapters(body, bottleneck)
+        model = EncoderClassifier(body, num_classes)
+    if method == "full fine-tuning":
+        model.requires_grad_(True)
+    elif method == "BitFit":
+        bitfit(model, keep=("classifier",))
+    else:
+        body.requires_grad_(False)
+        if method == "last block":
+            body.encoder.layer[-1].requires_grad_(True)
+        for name, param in body.named_parameters():
+            adapter = method == "adapters" and "output.dense.1." in name  # Sequential(dense, adapter)
+            if adapter or (method == "LoRA" and "lora_" in name):
+                param.requires_grad = True
+        model.classifier.requires_grad_(True)
+    return model
+
+
+def cost_arms(encoder: nn.Module, train_set, val_loader, lr_grid: dict, batch_size: int, steps: int,
+              chosen: dict, grid_scores: dict, kept: dict, keep: tuple[str, ...] = ("full fine-tuning",)) -> dict:
+    """One arm per method of :data:`COST_METHODS`: train for ``steps`` steps, learning rate chosen on validation.
+
+    At the first seed an arm meets, it tries every rate of ``lr_grid[method]`` (all counted in its steps)
+    and records the best one in ``chosen``; later seeds reuse that rate, so the search is paid once.
+
+    Args:
+        encoder: The pre-trained encoder (copied per run, never changed).
+        train_set: A :class:`~tlutils.core.datasets.TextDataset` of training texts.
+        val_loader: Validation batches; accuracy on them picks the rate.
+        lr_grid: Method -> the learning rates to try.
+        batch_size, steps: Examples per step and optimizer steps per run.
+        chosen: Filled with method -> chosen rate.
+        grid_scores: Filled with ``(method, seed, lr) -> validation accuracy``.
+        kept: Filled with ``(method, seed) -> trained model`` for the methods named in ``keep``.
+
+    Returns:
+        ``{method: arm}`` for :func:`~tlutils.core.compare.compare`.
+    """
+    from tlutils.core.compare import best_on_validation
+
+    def make(method: str):
+        def arm(trial: Trial) -> Outcome:
+            loader = trial.loader(train_set, batch_size, collate_fn=train_set.collate)
+
+            def run(lr: float) -> Outcome:
+                model = cost_model(encoder, method, 2, trial.seed)
+                history = fit(model, loader, epochs=math.ceil(steps / len(loader)), max_steps=steps, lr=lr,
+                              device=torch.device("cpu"), progress=False)
+                val = evaluate(model, val_loader, torch.device("cpu"))["accuracy"]
+                grid_scores[(method, trial.seed, lr)] = val
+                return Outcome(model, val=val, steps=history.steps, trainable_params=trainable_parameter_count(model))
+
+            best = best_on_validation([chosen[method]] if method in chosen else lr_grid[method], run, name="lr")
+            chosen.setdefault(method, best.choice["lr"])
+            if method in keep:
+                kept[(method, trial.seed)] = best.predictor
+            return best
+
+        return arm
+
+    return {method: make(method) for method in COST_METHODS}
+
+
+def cost_table(encoder: nn.Module, batch: dict, folder, seed: int = 0, lr: float = 1e-4, repeats: int = 3):
+    """Measure, for every method, what one training step and one saved fine-tune cost.
+
+    Args:
+        encoder: The pre-trained encoder.
+        batch: One training batch (dict with ``labels``), the same for every method.
+        folder: Where the safetensors checkpoints of the trainable parts are written.
+        seed: Seeds the new heads.
+        lr: AdamW rate of the timed steps (it does not change the cost).
+        repeats: Timed steps per method (the median is kept).
+
+    Returns:
+        A DataFrame indexed by method: trainable parameters, optimizer-state, gradient and saved-activation
+        megabytes, their total with the weights, seconds per step, checkpoint megabytes.
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    from tlutils.topics.efficient import checkpoint_bytes, optimizer_state_bytes, step_seconds, training_memory_bytes
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    targets, rows, mb = batch["labels"], {}, 1 / 2 ** 20
+    for method in COST_METHODS:
+        model = cost_model(encoder, method, 2, seed)
+        memory = training_memory_bytes(model, inputs, targets)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+        nn.functional.cross_entropy(model(**inputs), targets).backward()
+        optimizer.step()
+        rows[method] = {
+            "trainable_params": trainable_parameter_count(model),
+            "optimizer_MB": optimizer_state_bytes(optimizer) * mb,
+            "gradients_MB": memory["gradients"] * mb,
+            "activations_MB": memory["activations"] * mb,
+            "training_MB": memory["total"] * mb,
+            "seconds_per_step": step_seconds(model, inputs, targets, lr=lr, repeats=repeats),
+            "checkpoint_MB": checkpoint_bytes(model, Path(folder) / f"{method.replace(' ', '_')}.safetensors") * mb,
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def states_before_last_block(encoder: nn.Module, mels: torch.Tensor, labels: torch.Tensor, cache_name: str,
+                             fingerprint: str) -> torch.Tensor:
+    """The frozen Whisper encoder's hidden states entering its last block, cached: ``N x positions x d``."""
+    from tlutils.topics.speech import whisper_hidden_states
+
+    class BelowLastBlock(nn.Module):
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner.eval()
+
+        @torch.no_grad()
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            return whisper_hidden_states(self.inner, batch)[-2].flatten(1)
+
+    loader = DataLoader(TensorDataset(mels, labels), batch_size=64)
+    flat, _ = extract_features(BelowLastBlock(encoder), loader, cache_name=cache_name, fingerprint=fingerprint)
+    return flat.view(len(mels), encoder.embed_positions.num_embeddings, -1)
+
+
+class LastBlockClassifier(nn.Module):
+    """A Whisper encoder's last block and final layer norm on cached states, mean pooling, a new linear head."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, seed: int, train_block: bool = True):
+        super().__init__()
+        import copy
+
+        self.block = copy.deepcopy(encoder.layers[-1]).requires_grad_(train_block)
+        self.norm = copy.deepcopy(encoder.layer_norm).requires_grad_(train_block)
+        with seeded(seed):
+            self.head = nn.Linear(encoder.config.d_model, num_classes)
+
+    def pooled(self, states: torch.Tensor) -> torch.Tensor:
+        """``N x positions x d`` states -> ``N x d``: the encoder's output, mean-pooled over time."""
+        hidden = self.block(states, None)
+        return self.norm(hidden[0] if isinstance(hidden, tuple) else hidden).mean(dim=1)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(states))
+
+
+def group_predictions(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Class predictions of ``model`` (eval mode, no gradients) for a tensor of inputs."""
+    model.eval()
+    with torch.no_grad():
+        batches = [model(inputs[i:i + batch_size]).argmax(-1) for i in range(0, len(inputs), batch_size)]
+    return torch.cat(batches).numpy()
+
+
+def group_gap_arms(encoder: nn.Module, train: Split, pooled_train: torch.Tensor, val: Split, val_groups, steps: int,
+                   batch_size: int, lr_block: float, lr_head: float, models: dict) -> dict:
+    """Two arms on the same digit data: a head on the frozen pre-trained encoder, and its last block fine-tuned.
+
+    Both are scored (on validation here, on test by the protocol) by their worst group's accuracy; the
+    trained models land in ``models[(arm, seed)]`` so the notebook can measure every group's accuracy.
+    """
+    from tlutils.topics.bias import worst_group_accuracy
+
+    def run(trial: Trial, fine_tune: bool) -> Outcome:
+        model = LastBlockClassifier(encoder, 10, trial.seed, train_block=fine_tune)
+        if fine_tune:
+            history = train_steps(trial, model, TensorDataset(*train), lr=lr_block, batch_size=batch_size,
+                                  steps=steps)
+        else:  # the frozen block's output is computed once; only the head trains
+            history = train_steps(trial, model.head, TensorDataset(pooled_train, train[1]), lr=lr_head,
+                                  batch_size=batch_size, steps=steps)
+        name = "fine-tuned last block" if fine_tune else "head on frozen encoder"
+        models[(name, trial.seed)] = model
+        val_score = worst_group_accuracy(group_predictions(model, val[0]), val[1].numpy(), val_groups)
+        return Outcome(model, val=val_score, steps=history.steps, trainable_params=trainable_parameter_count(model))
+
+    return {"head on frozen encoder": lambda trial: run(trial, False),
+            "fine-tuned last block": lambda trial: run(trial, True)}
+
+
+def imbalanced_pool(groups, minority, keep_per_class: int, labels, seed: int) -> np.ndarray:
+    """Indices of a training pool in which group ``minority`` keeps only ``keep_per_class`` examples per class."""
+    groups, labels = np.asarray(groups), np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep = [np.flatnonzero(groups != minority)]
+    for label in np.unique(labels):
+        members = np.flatnonzero((groups == minority) & (labels == label))
+        keep.append(rng.choice(members, size=min(keep_per_class, len(members)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def mitigation_arms(pooled: torch.Tensor, labels: torch.Tensor, groups, pools: dict, val: Split, val_groups,
+                    steps: int, batch_size: int, lr: float) -> dict:
+    """Heads trained on a group-imbalanced pool, without and with group-balanced sampling.
+
+    Args:
+        pooled: Frozen features of every training candidate; ``labels`` and ``groups`` alongside.
+        pools: Seed -> indices of that seed's imbalanced pool (:func:`imbalanced_pool`).
+        val, val_groups: Validation features and labels, and their groups (worst-group accuracy picks nothing
+            here but is reported as the validation score).
+
+    Returns:
+        ``{"no mitigation": arm, "group-balanced sampling": arm}``.
+    """
+    from torch.utils.data import WeightedRandomSampler
+
+    from tlutils.topics.bias import group_balanced_weights, worst_group_accuracy
+
+    groups = np.asarray(groups)
+
+    def run(trial: Trial, balanced: bool) -> Outcome:
+        index = pools[trial.seed]
+        data = TensorDataset(pooled[index], labels[index])
+        with seeded(trial.seed):
+            head = nn.Linear(pooled.shape[1], 10)
+        loader = None
+        if balanced:
+            weights = torch.as_tensor(group_balanced_weights(groups[index]), dtype=torch.double)
+            sampler = WeightedRandomSampler(weights, num_samples=len(index), replacement=True,
+                                            generator=torch.Generator().manual_seed(trial.seed))
+            loader = DataLoader(data, batch_size=batch_size, sampler=sampler)
+        history = train_steps(trial, head, data, lr=lr, batch_size=batch_size, steps=steps, loader=loader)
+        val_score = worst_group_accuracy(group_predictions(head, val[0]), val[1].numpy(), val_groups)
+        return Outcome(head, val=val_score, steps=history.steps, trainable_params=trainable_parameter_count(head))
+
+    return {"no mitigation": lambda trial: run(trial, False), "group-balanced sampling": lambda trial: run(trial, True)}

@@ -20,7 +20,8 @@ NOTEBOOKS = (
     ("09_speech.ipynb", "8", "spoken digits, speaker identification and a third speech task"),
     ("10_applications.ipynb", "9", "short real demos per sector"),
     ("11_scratch_vs_transfer.ipynb", "10", "the comparison table, measured"),
-    ("12_challenges.ipynb", "11", "domain shift, overfitting, forgetting, compute cost, bias"),
+    ("12_challenges.ipynb", "11", "domain shift, overfitting, forgetting"),
+    ("12b_cost_and_bias.ipynb", "11", "compute cost of each fine-tuning method, int8 inference; bias measured and mitigated"),
     ("13_interview_prep.ipynb", "12-13", "auto-graded quiz and flashcards"),
 )
 

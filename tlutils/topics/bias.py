@@ -99,3 +99,84 @@ def group_gap(predictions, labels, groups, resamples: int = 1000, seed: int = 0)
         "best": best,
         "worst": worst,
     }
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+#: Word lists of four Word Embedding Association Tests from Caliskan, Bryson and Narayanan (2017),
+#: "Semantics derived automatically from language corpora contain human-like biases", Science 356(6334),
+#: 183-186 (supplementary materials). Each test: targets X and Y, attributes A and B; a positive effect
+#: size means X is closer to A (and Y to B) than the other way round. WEAT 1 is the "universally accepted"
+#: control association (flowers are pleasant, insects unpleasant); 6-8 are the gender tests.
+WEAT_TESTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "flowers/insects ~ pleasant/unpleasant (WEAT 1)": {
+        "X": _words("aster clover hyacinth marigold poppy azalea crocus iris orchid rose bluebell daffodil lilac "
+                    "pansy tulip buttercup daisy lily peony violet carnation gladiola magnolia petunia zinnia"),
+        "Y": _words("ant caterpillar flea locust spider bedbug centipede fly maggot tarantula bee cockroach gnat "
+                    "mosquito termite beetle cricket hornet moth wasp blackfly dragonfly horsefly roach weevil"),
+        "A": _words("caress freedom health love peace cheer friend heaven loyal pleasure diamond gentle honest "
+                    "lucky rainbow diploma gift honor miracle sunrise family happy laughter paradise vacation"),
+        "B": _words("abuse crash filth murder sickness accident death grief poison stink assault disaster hatred "
+                    "pollute tragedy divorce jail poverty ugly cancer kill rotten vomit agony prison"),
+    },
+    "male/female names ~ career/family (WEAT 6)": {
+        "X": _words("John Paul Mike Kevin Steve Greg Jeff Bill"),
+        "Y": _words("Amy Joan Lisa Sarah Diana Kate Ann Donna"),
+        "A": _words("executive management professional corporation salary office business career"),
+        "B": _words("home parents children family cousins marriage wedding relatives"),
+    },
+    "math/arts ~ male/female terms (WEAT 7)": {
+        "X": _words("math algebra geometry calculus equations computation numbers addition"),
+        "Y": _words("poetry art dance literature novel symphony drama sculpture"),
+        "A": _words("male man boy brother he him his son"),
+        "B": _words("female woman girl sister she her hers daughter"),
+    },
+    "science/arts ~ male/female terms (WEAT 8)": {
+        "X": _words("science technology physics chemistry Einstein NASA experiment astronomy"),
+        "Y": _words("poetry art Shakespeare dance literature novel symphony drama"),
+        "A": _words("brother father uncle grandfather son he his him"),
+        "B": _words("sister mother aunt grandmother daughter she hers her"),
+    },
+}
+
+
+def weat_table(embed, tests: dict | None = None, permutations: int = 10_000, seed: int = 0) -> "pandas.DataFrame":
+    """Run several WEATs with one embedding function.
+
+    Args:
+        embed: ``embed(list_of_words) -> N x d`` array (e.g. sentence embeddings of single words).
+        tests: Name -> ``{"X", "Y", "A", "B"}`` word lists; default :data:`WEAT_TESTS`.
+        permutations: Permutations per test for the p-value.
+        seed: Seed of the permutations.
+
+    Returns:
+        A DataFrame indexed by test name: ``effect_size``, ``p_value``, ``words`` (targets + attributes).
+    """
+    import pandas as pd
+
+    rows = {}
+    for name, lists in (tests or WEAT_TESTS).items():
+        x, y, a, b = (embed(list(lists[key])) for key in "XYAB")
+        result = weat_test(x, y, a, b, permutations=permutations, seed=seed)
+        rows[name] = {"effect_size": result["effect_size"], "p_value": result["p_value"],
+                      "words": sum(len(lists[key]) for key in "XYAB")}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def group_balanced_weights(groups) -> np.ndarray:
+    """Per-example weights ``n / (k * n_g)``: every group gets the same total weight (mean weight 1).
+
+    Use them as sampling probabilities (group-balanced sampling) or as loss weights (reweighting).
+    """
+    groups = np.asarray(groups)
+    if len(groups) == 0:
+        raise ValueError("need at least one example")
+    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return len(groups) / (len(names) * counts[inverse])
+
+
+def worst_group_accuracy(predictions, labels, groups) -> float:
+    """The lowest per-group accuracy (:func:`per_group_accuracy`): the number a fairness fix should raise."""
+    return min(accuracy for accuracy, _ in per_group_accuracy(predictions, labels, groups).values())

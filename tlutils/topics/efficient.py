@@ -87,3 +87,125 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():  # torch 2.9 deprecates torch.ao.quantization in favour of torchao
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def add_bert_adapters(encoder: nn.Module, bottleneck: int = 16) -> nn.Module:
+    """Freeze a BERT-family encoder and put a :class:`BottleneckAdapter` after every layer's feed-forward output.
+
+    Each ``layer.output.dense`` (``intermediate -> hidden``) becomes ``Sequential(dense, adapter)``, so the
+    adapter acts before the residual connection and layer norm, where Houlsby et al. (2019) place it.
+
+    Returns:
+        The encoder, changed in place; only the adapters are trainable.
+    """
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError("expected a BERT-family encoder with encoder.layer[i].output.dense (e.g. BertModel)")
+    encoder.requires_grad_(False)
+    for layer in layers:
+        dense = layer.output.dense
+        layer.output.dense = add_adapter(dense, dense.out_features, bottleneck)
+    return encoder
+
+
+def training_memory_bytes(model: nn.Module, inputs: dict, targets: torch.Tensor) -> dict:
+    """What one training step must hold beyond the weights, counted tensor by tensor (deterministic).
+
+    ``activations`` are the tensors autograd saves for the backward pass during one forward pass
+    (each storage counted once), ``gradients`` one gradient per trainable parameter, ``optimizer`` the two
+    AdamW moments per trainable parameter. These are the parts of peak training memory that depend on what
+    is trained; the process's peak (allocator overhead, temporaries of the backward pass) is larger.
+
+    Args:
+        model: Returns logits for ``model(**inputs)``.
+        inputs: A dict batch (e.g. ``input_ids``, ``attention_mask``).
+        targets: Class indices.
+
+    Returns:
+        ``{"weights", "activations", "gradients", "optimizer", "total"}`` in bytes.
+    """
+    seen: dict[tuple, int] = {}
+
+    def pack(tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        return tensor
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        logits = model(**inputs)
+        loss = nn.functional.cross_entropy(getattr(logits, "logits", logits), targets)
+    del loss
+    parameter_storages = {(p.untyped_storage().data_ptr(), p.untyped_storage().nbytes()) for p in model.parameters()}
+    activations = sum(size for key, size in seen.items() if key not in parameter_storages)
+    gradients = trainable_bytes(model)
+    result = {"weights": sum(p.numel() * p.element_size() for p in model.parameters()),
+              "activations": activations, "gradients": gradients, "optimizer": 2 * gradients}
+    result["total"] = sum(result.values())
+    return result
+
+
+def step_seconds(model: nn.Module, inputs: dict, targets: torch.Tensor, lr: float = 1e-4, repeats: int = 5) -> float:
+    """Median wall-clock seconds of one AdamW training step on one batch (after one warm-up step).
+
+    Trains a throw-away copy, so ``model`` is not changed.
+    """
+    import statistics
+    import time
+
+    model = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        logits = model(**inputs)
+        nn.functional.cross_entropy(getattr(logits, "logits", logits), targets).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name, detached and contiguous: what a fine-tune has to ship."""
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def checkpoint_bytes(model: nn.Module, path, trainable_only: bool = True) -> int:
+    """Write the (trainable) parameters to ``path`` as safetensors and return the file's size in bytes."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    tensors = trainable_state_dict(model) if trainable_only else {
+        name: p.detach().contiguous().clone() for name, p in model.state_dict().items() if torch.is_tensor(p)}
+    if not tensors:
+        raise ValueError("nothing to save: no parameter is trainable")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path.stat().st_size
+
+
+def serialized_bytes(model: nn.Module) -> int:
+    """Size of ``torch.save(model.state_dict())`` in bytes (works for int8-quantised models too)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def inference_seconds(model: nn.Module, inputs: dict, repeats: int = 5) -> float:
+    """Median wall-clock seconds of one forward pass of ``model(**inputs)`` without gradients (after a warm-up)."""
+    import statistics
+    import time
+
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            model(**inputs)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
