@@ -10,7 +10,7 @@ regenerated comparison table of the guide.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -232,3 +232,166 @@ def split_loaders(splits: Mapping[str, tuple[torch.Tensor, Any]], batch_size: in
         name: DataLoader(TensorDataset(inputs, torch.as_tensor(np.asarray(labels)).long()), batch_size=batch_size)
         for name, (inputs, labels) in splits.items()
     }
+
+
+class TextPipelineClassifier(nn.Module):
+    """A fitted scikit-learn text pipeline behind the ``model(inputs) -> logits`` interface of the protocol.
+
+    Held-out loaders for this model yield *indices* into ``texts`` (one list holding every text the
+    notebook scores), so :func:`~tlutils.core.train.evaluate` can score a TF-IDF model exactly like a
+    network.
+
+    Args:
+        pipeline: A fitted pipeline with ``predict_log_proba`` (e.g. TF-IDF + logistic regression).
+        texts: Every text an index may point to.
+    """
+
+    def __init__(self, pipeline: Any, texts: Sequence[str]):
+        super().__init__()
+        self.pipeline, self.texts = pipeline, list(texts)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        """``N`` text indices -> ``N x classes`` log-probabilities."""
+        chosen = [self.texts[int(i)] for i in indices.reshape(-1).tolist()]
+        return torch.from_numpy(self.pipeline.predict_log_proba(chosen)).float()
+
+
+def tfidf_parameter_count(pipeline: Any) -> int:
+    """Trained numbers of a TF-IDF + logistic-regression pipeline: IDF weights, coefficients, intercepts."""
+    vectorizer, classifier = pipeline[0], pipeline[-1]
+    return int(vectorizer.idf_.size + classifier.coef_.size + classifier.intercept_.size)
+
+
+def tfidf_arm(
+    texts: Sequence[str],
+    training_set: Callable[[int, int], Any],
+    val_indices: Any,
+    val_labels: Any,
+    Cs: Sequence[float] = (0.3, 1.0, 3.0, 10.0, 30.0),
+    kind: str = "text ids",
+    max_features: int = 30_000,
+) -> Callable:
+    """The scratch text baseline as a learning-curve arm: TF-IDF + logistic regression, ``C`` chosen on validation.
+
+    The vectoriser and the classifier see only the labelled subset (nothing pre-trained, no other
+    text). Each value of ``C`` is one fit; the validation curve of the returned
+    :class:`~tlutils.topics.learning_curves.Fitted` has one row per fit (``step`` = fits so far,
+    ``seconds`` = fitting time so far), so the cost tables read it like a network's checkpoints.
+
+    Args:
+        texts: Every text (pool and held-out splits); datasets and loaders hold indices into it.
+        training_set: ``training_set(per_class, seed)`` -> a dataset of ``(index, label)`` pairs,
+            e.g. :func:`~tlutils.topics.learning_curves.subset_picker` over an index tensor.
+        val_indices, val_labels: The validation split (indices into ``texts``).
+        Cs: Inverse regularisation strengths tried; the best on validation is kept.
+        kind: The input kind of the held-out loaders (index loaders).
+        max_features: Vocabulary size of the vectoriser.
+
+    Returns:
+        ``arm(trial, per_class) -> Outcome`` for :func:`~tlutils.topics.learning_curves.run_learning_curve`.
+    """
+    import time
+
+    from tlutils.core.compare import Outcome
+    from tlutils.topics.learning_curves import Fitted
+    from tlutils.topics.text import fit_tfidf_logreg
+
+    val_texts = [texts[int(i)] for i in np.asarray(val_indices)]
+    val_labels = np.asarray(val_labels)
+
+    def arm(trial, per_class: int):
+        dataset = training_set(per_class, trial.seed)
+        indices, labels = (np.asarray(t) for t in dataset.tensors)
+        train_texts = [texts[int(i)] for i in indices]
+        rows, best = [], None
+        elapsed = 0.0
+        for fits, C in enumerate(Cs, start=1):
+            started = time.perf_counter()
+            pipeline = fit_tfidf_logreg(train_texts, labels, max_features=max_features, C=C, seed=trial.seed)
+            elapsed += time.perf_counter() - started
+            val = float((pipeline.predict(val_texts) == val_labels).mean())
+            rows.append({"step": fits, "seconds": elapsed, "val": val})
+            if best is None or val > best[0]:
+                best = (val, C, pipeline)
+        val, C, pipeline = best
+        fitted = Fitted(TextPipelineClassifier(pipeline, texts), kind, pd.DataFrame(rows))
+        return Outcome(fitted, val=val, steps=len(Cs), trainable_params=tfidf_parameter_count(pipeline), choice={"C": C})
+
+    return arm
+
+
+def pixels(images: np.ndarray, size: int = 28) -> torch.Tensor:
+    """``N x H x W`` uint8 grey images -> ``N x 1 x size x size`` floats in [0, 1] (bilinear resize)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).float().div(255.0).unsqueeze(1)
+    if tensor.shape[-1] != size or tensor.shape[-2] != size:
+        tensor = nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
+    return tensor
+
+
+def claim_verdict(comparison: Comparison, a: str, b: str, z: float = 2.0) -> dict:
+    """Paired gap ``a - b`` over seeds and what it says: ``"better"``, ``"worse"`` or ``"tie"`` at ``z`` SE.
+
+    Returns:
+        ``{"gap": ..., "se": ..., "verdict": ..., "text": "a is better than b: +0.120 ± 0.010"}``.
+    """
+    gap, se = comparison.paired_difference(a, b)
+    se_used = 0.0 if math.isnan(se) else se
+    verdict = "better" if gap > z * se_used else "worse" if gap < -z * se_used else "tie"
+    words = {"better": "better than", "worse": "worse than", "tie": "tied with"}[verdict]
+    return {"gap": gap, "se": se, "verdict": verdict, "text": f"{a} is {words} {b}: {gap:+.3f} ± {se:.3f}"}
+
+
+def new_task_costs(curve: LearningCurve, per_class: int) -> pd.DataFrame:
+    """What adding one task costs with each approach, from a one-point learning curve of that task.
+
+    Per approach (mean over seeds): test accuracy ± SE, seconds (training plus the one-time feature
+    extraction of its training examples), trainable parameters and the kilobytes to store what was
+    trained (float32 parameters of a network; the pickled pipeline of a scikit-learn model). For a
+    shared frozen body only the new head is stored: the body is already on disk for the first task.
+
+    Args:
+        curve: A learning curve of the new task (e.g. run at a single budget).
+        per_class: The budget to read.
+
+    Returns:
+        A DataFrame indexed by approach: ``test``, ``test_se``, ``seconds``, ``trainable_params``, ``kB``.
+    """
+    import pickle
+
+    from tlutils.topics.training_cost import state_bytes
+
+    summary = curve.comparison(per_class).summary()
+    rows = {}
+    for approach in summary.index:
+        runs = [fitted for (arm, _), fitted in curve.fitted[per_class].items() if arm == approach]
+        seconds = [f.curve["seconds"].iloc[-1] + f.setup_seconds for f in runs]
+        model = runs[0].model
+        if isinstance(model, TextPipelineClassifier):
+            params, size = tfidf_parameter_count(model.pipeline), len(pickle.dumps(model.pipeline))
+        else:
+            params, size = sum(p.numel() for p in model.parameters() if p.requires_grad), state_bytes(model)
+        rows[approach] = {"test": summary.loc[approach, "test_mean"], "test_se": summary.loc[approach, "test_se"],
+                          "seconds": float(np.mean(seconds)), "trainable_params": int(params), "kB": size / 1e3}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def mnist_framed(images: np.ndarray, digit_size: int = 20, side: int = 28) -> np.ndarray:
+    """Grey digit images framed like MNIST: resized to ``digit_size`` and centred on a ``side`` x ``side`` black canvas.
+
+    MNIST digits fill a 20 x 20 box inside 28 x 28 pixels; the UCI scans fill their whole 8 x 8
+    frame. Framing them the same way removes a difference of layout that no model could learn from
+    MNIST alone, and leaves the real shift (resolution, pen and scanner) in place.
+
+    Args:
+        images: ``N x H x W`` ``uint8`` images.
+        digit_size: Side of the resized digit.
+        side: Side of the canvas.
+
+    Returns:
+        ``N x side x side`` ``uint8`` images.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).float().unsqueeze(1)
+    resized = nn.functional.interpolate(tensor, size=(digit_size, digit_size), mode="bilinear", align_corners=False)
+    pad = (side - digit_size) // 2
+    framed = nn.functional.pad(resized, (pad, side - digit_size - pad, pad, side - digit_size - pad))
+    return framed.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
