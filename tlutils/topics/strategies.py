@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from tlutils.core.features import extract_features, feature_loader
 from tlutils.core.surgery import (
@@ -82,9 +82,18 @@ def _fit_stage(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: f
                device=device, seed=seed, progress=progress)
 
 
+def _head_step_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int, steps: int,
+                      seed: int) -> DataLoader:
+    """Exactly ``steps`` batches of cached features, drawn with replacement: a step budget that ignores set size."""
+    sampler = RandomSampler(range(len(labels)), replacement=True, num_samples=steps * batch_size,
+                            generator=torch.Generator().manual_seed(seed))
+    return DataLoader(TensorDataset(features, labels), batch_size=batch_size, sampler=sampler)
+
+
 def feature_extraction(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float,
                        device: torch.device | None = None, cache_name: str | None = None, fingerprint: str = "",
-                       batch_size: int = 64, seed: int = 0, progress: bool = False) -> StrategyRun:
+                       batch_size: int = 64, seed: int = 0, steps: int | None = None,
+                       progress: bool = False) -> StrategyRun:
     """Freeze the body, compute its features once (cached), train only the head on them.
 
     Args:
@@ -101,6 +110,9 @@ def feature_extraction(model: nn.Module, train_loader, val_loader, *, epochs: in
             rebuilt.
         batch_size: Batch size of head training.
         seed: Seeds the feature shuffling and the training.
+        steps: A step budget for the head: exactly this many optimizer steps, batches drawn with
+            replacement, whatever the set size; ``epochs`` then counts the validation checkpoints
+            spread over them (``steps`` must be a multiple of ``epochs``). ``None``: whole epochs.
         progress: Show progress bars.
 
     Returns:
@@ -117,7 +129,14 @@ def feature_extraction(model: nn.Module, train_loader, val_loader, *, epochs: in
     for split, loader in (("train", train_loader), ("val", val_loader)):
         name = f"{cache_name}_{split}" if cache_name else None
         splits[split] = extract_features(body, loader, name, f"{fingerprint}|{split}", device, progress)
-    history = _fit_stage(head, feature_loader(*splits["train"], batch_size, shuffle=True, seed=seed),
+    if steps is None:
+        train_features = feature_loader(*splits["train"], batch_size, shuffle=True, seed=seed)
+    else:
+        _check_positive("steps", steps)
+        if steps % epochs:
+            raise ValueError(f"steps ({steps}) must be a multiple of epochs ({epochs}, the validation checkpoints)")
+        train_features = _head_step_loader(*splits["train"], batch_size, steps // epochs, seed)
+    history = _fit_stage(head, train_features,
                          feature_loader(*splits["val"], batch_size), epochs=epochs, lr=lr, device=device,
                          seed=seed, progress=progress)
     return StrategyRun("feature extraction", [("head on cached features", history)],
@@ -248,7 +267,7 @@ def gradual_unfreezing(model: nn.Module, train_loader, val_loader, *, schedule: 
 def linear_probe_then_fine_tune(model: nn.Module, probe_train_loader, probe_val_loader, train_loader, val_loader,
                                 *, probe_epochs: int, probe_lr: float, epochs: int, lr: float,
                                 device: torch.device | None = None, cache_name: str | None = None, fingerprint: str = "",
-                                seed: int = 0, progress: bool = False) -> StrategyRun:
+                                seed: int = 0, probe_steps: int | None = None, progress: bool = False) -> StrategyRun:
     """LP-FT (Kumar et al., 2022): train the head on frozen features, then fine-tune everything.
 
     A randomly initialised head sends large, noisy gradients into the body at the
@@ -262,11 +281,12 @@ def linear_probe_then_fine_tune(model: nn.Module, probe_train_loader, probe_val_
         probe_epochs, probe_lr: Linear-probe stage (see :func:`feature_extraction`).
         epochs, lr: Full fine-tuning stage (usually a lower rate than plain fine-tuning).
         device, cache_name, fingerprint, seed, progress: As for :func:`feature_extraction`.
+        probe_steps: A step budget for the probe (``steps`` of :func:`feature_extraction`).
     """
     start = time.perf_counter()
     probe = feature_extraction(model, probe_train_loader, probe_val_loader, epochs=probe_epochs, lr=probe_lr,
                                device=device, cache_name=cache_name, fingerprint=fingerprint, seed=seed,
-                               progress=progress)
+                               steps=probe_steps, progress=progress)
     tune = full_fine_tuning(model, train_loader, val_loader, epochs=epochs, lr=lr, device=device, seed=seed,
                             progress=progress)
     return StrategyRun("LP-FT", probe.stages + [("then all layers", tune.stages[0][1])],

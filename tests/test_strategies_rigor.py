@@ -1,0 +1,91 @@
+"""The strategies as arms of the comparison protocol: equal step budgets, choices on validation only."""
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.helpers import TinyNet, toy_loader
+from tlutils.core.compare import Budget, Comparison, compare
+from tlutils.core.runtime import set_seed
+from tlutils.core.train import evaluate
+from tlutils.course.strategy_table import (
+    StrategyBench,
+    paired_gaps,
+    pick_on_validation,
+    plot_strategy_comparison,
+    strategy_arm,
+    strategy_table,
+)
+from tlutils.topics.regularizers import snapshot_weights
+from tlutils.topics.strategies import feature_extraction
+
+CPU = torch.device("cpu")
+
+
+def test_feature_extraction_with_a_step_budget_ignores_the_set_size(temp_cache):
+    for n in (12, 48):
+        set_seed(0)
+        run = feature_extraction(TinyNet(), toy_loader(n, shuffle=False), toy_loader(shuffle=False), epochs=2,
+                                 lr=5e-2, device=CPU, steps=10)
+        assert run.stages[0][1].steps == 10 and len(run.stages[0][1].epochs) == 2
+    with pytest.raises(ValueError, match="multiple"):
+        feature_extraction(TinyNet(), toy_loader(shuffle=False), toy_loader(shuffle=False), epochs=3, lr=1e-2,
+                           device=CPU, steps=10)
+
+
+def _bench(n: int = 48) -> StrategyBench:
+    fixed = toy_loader(n, shuffle=False)
+    set_seed(0)
+    pretrained = TinyNet()  # stands in for a pre-trained network: every arm starts from these weights
+    return StrategyBench(lambda: copy.deepcopy(pretrained), fixed.dataset, fixed, toy_loader(shuffle=False, seed=1),
+                         steps=8, checkpoints=2, batch_size=8, lr=3e-2, head_lr=5e-2, probe_steps=6,
+                         cache_name=f"test_bench_{n}", pretrained=snapshot_weights(pretrained), device=CPU,
+                         verbose=False)
+
+
+def test_every_arm_trains_the_same_body_steps_and_is_scored_by_the_protocol(temp_cache):
+    bench = _bench()
+    arms = {"feature extraction": strategy_arm(bench, "feature extraction"),
+            "partial (last 1 blocks)": strategy_arm(bench, "partial", blocks=1),
+            "full fine-tuning": strategy_arm(bench, "full"),
+            "layer-wise decay 0.5": strategy_arm(bench, "layer-wise", decay=0.5),
+            "gradual unfreezing": strategy_arm(bench, "gradual", schedule=[0, 1, 2, 2], lrs=3e-2),
+            "LP-FT": strategy_arm(bench, "lp-ft")}
+    test_loader = toy_loader(shuffle=False, seed=2)
+    result = compare(arms, seeds=[0, 1], budget=Budget(steps=bench.steps), progress=False,
+                     score_test=lambda outcome: evaluate(outcome.predictor, test_loader, CPU)["accuracy"])
+    steps = result.table.set_index("arm")["steps"]
+    assert steps.drop("feature extraction").eq(8).all() and steps["feature extraction"].eq(0).all()
+    assert result.table.set_index("arm").loc["LP-FT", "choice"].iloc[0]["head steps on cached features"] == 6
+    table = strategy_table([result], bench)
+    assert list(table.index) == list(arms)
+    assert table.loc["feature extraction", "body_distance"] == 0.0 < table.loc["full fine-tuning", "body_distance"]
+    assert table["seeds"].eq(2).all() and table["val_mean"].between(0, 1).all()
+    assert len(plot_strategy_comparison(table).axes) == 3
+    with pytest.raises(ValueError, match="unknown strategy"):
+        strategy_arm(bench, "scratch")
+
+
+def _comparison(val: dict, test: dict, seconds: dict) -> Comparison:
+    rows = [{"arm": arm, "seed": seed, "val": val[arm][seed], "test": test[arm][seed], "trainable_params": 1,
+             "seconds": seconds[arm], "steps": 1, "choice": {}} for arm in val for seed in range(3)]
+    return Comparison(pd.DataFrame(rows), metric="accuracy", budget=Budget(steps=1))
+
+
+def test_the_pick_is_read_from_validation_and_ignores_test():
+    result = _comparison(val={"slow": [0.80, 0.82, 0.78], "fast": [0.79, 0.82, 0.78], "bad": [0.5, 0.52, 0.5]},
+                         test={"slow": [0.7] * 3, "fast": [0.7] * 3, "bad": [0.99] * 3},
+                         seconds={"slow": 10.0, "fast": 1.0, "bad": 0.1})
+    reading = pick_on_validation(result)
+    assert reading["best"] == "slow" and set(reading["tied"]) == {"slow", "fast"} and reading["pick"] == "fast"
+
+
+def test_paired_gaps_are_per_seed_and_per_key():
+    first = _comparison({"a": [0.6, 0.7, 0.8], "b": [0.5, 0.5, 0.5]}, {"a": [0.6, 0.7, 0.8], "b": [0.5, 0.5, 0.5]},
+                        {"a": 1.0, "b": 1.0})
+    second = _comparison({"a": [0.9] * 3, "b": [0.5] * 3}, {"a": [0.9] * 3, "b": [0.4] * 3}, {"a": 1.0, "b": 1.0})
+    gaps = paired_gaps({10: first, 40: second}, "a", "b")
+    assert gaps.shape == (3, 2)
+    assert gaps[10].round(6).tolist() == [0.1, 0.2, 0.3] and gaps[40].round(6).tolist() == [0.5] * 3
