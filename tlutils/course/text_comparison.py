@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Sequence
 
 import numpy as np
@@ -100,3 +102,149 @@ def compare_text_classifiers(encoder_name: str, train: tuple[Sequence[str], Sequ
         rows.append({"method": method, "trainable params": trainable_parameter_count(model),
                      "seconds": history.seconds, "test accuracy": _accuracy(model, test_loader, device)})
     return pd.DataFrame(rows).set_index("method")
+
+
+#: The fine-tuning recipes the validation split chooses between (per seed): one rate for every
+#: layer, or layer-wise learning-rate decay (head rate, factor per block going down).
+FINETUNE_RECIPES = {"one rate 1e-4": {"lr": 1e-4}, "LLRD 1e-3 x 0.3": {"llrd_decay": 0.3, "head_lr": 1e-3}}
+#: Inverse regularisation strengths the validation split chooses from, for the two linear models.
+LINEAR_CS = (0.1, 1.0, 10.0)
+
+
+def _logistic_regression(train_x, train_y, C: float, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000, random_state=seed)).fit(train_x, train_y)
+
+
+def seeded_text_arms(pool: tuple[Sequence[str], Sequence[int]], pool_features: torch.Tensor,
+                     test: tuple[Sequence[str], Sequence[int]], test_features: torch.Tensor, *,
+                     sizes: dict[str, int], encoder_name: str, tokenizer, num_classes: int,
+                     max_length: int = 64, batch_size: int = 16, epochs: int = 2,
+                     recipes: dict[str, dict] | None = None, cs: Sequence[float] = LINEAR_CS,
+                     finetune: bool = True, models: dict | None = None, verbose: bool = True,
+                     device: torch.device | None = None):
+    """The arms of notebook 07's comparisons, for :func:`tlutils.core.compare.compare`.
+
+    Every seed draws its own training and validation split from ``pool`` (``sizes`` examples
+    per class), so the spread over seeds includes which examples were labelled; the test split
+    is the same for all. Every choice is made on that seed's validation split:
+
+    1. ``TF-IDF + logistic regression``: the regularisation C, from ``cs``;
+    2. ``frozen encoder + linear head``: logistic regression on the cached, standardised
+       mean-pooled vectors (``pool_features``, ``test_features``), C from ``cs``;
+    3. ``fine-tuning`` (when ``finetune``): every weight of a fresh copy of the encoder, the
+       recipe (``recipes``: one rate or layer-wise decay) and the epoch chosen on validation.
+
+    Args:
+        pool: ``(texts, labels)`` from which each seed draws train and validation examples.
+        pool_features: Frozen features of ``pool``, row for row.
+        test: ``(texts, labels)`` of the test split, scored by the protocol only.
+        test_features: Frozen features of ``test``.
+        sizes: ``{"train": per class, "val": per class}``.
+        encoder_name: Asset name for :func:`~tlutils.core.models.load_text_encoder`.
+        tokenizer: Its tokenizer.
+        num_classes: Number of classes.
+        max_length, batch_size, epochs: Tokenisation and fine-tuning sizes.
+        recipes: Name -> keyword arguments of :func:`finetune_text_classifier`; default
+            :data:`FINETUNE_RECIPES`.
+        cs: The C values to try for the linear models.
+        finetune: Include the fine-tuning arm.
+        models: If a dict, the chosen fine-tuned model of every seed is stored in it (by seed).
+        verbose: Print one line per fine-tuning run (the progress of a long comparison).
+        device: Defaults to :func:`~tlutils.core.runtime.get_device`.
+
+    Returns:
+        ``(arms, score_test, budget)``: the arms, the test scorer (accuracy) and the
+        :class:`~tlutils.core.compare.Budget` (optimizer steps of the fine-tuning search).
+    """
+    from tlutils.core.compare import Budget, Outcome, best_on_validation
+    from tlutils.core.models import load_text_encoder
+    from tlutils.core.surgery import trainable_parameter_count
+    from tlutils.topics.text import per_class_split
+
+    texts, labels = list(pool[0]), np.asarray(pool[1])
+    recipes = dict(FINETUNE_RECIPES if recipes is None else recipes)
+    pool_x, test_x = pool_features.numpy(), test_features.numpy()
+
+    def split(trial, part):
+        idx = per_class_split(labels, sizes, seed=trial.seed)[part]
+        return [texts[i] for i in idx], labels[idx], idx
+
+    def linear_arm(fit_linear, make_inputs, test_inputs):
+        def arm(trial):
+            (train_t, train_y, train_i), (val_t, val_y, val_i) = split(trial, "train"), split(trial, "val")
+            train_in, val_in = make_inputs(train_t, train_i), make_inputs(val_t, val_i)
+
+            def run(C):
+                fitted = fit_linear(train_in, train_y, C, trial.seed)
+                return Outcome(fitted, val=float(fitted.score(val_in, val_y)), steps=0,
+                               trainable_params=_coef_count(fitted))
+            out = best_on_validation(cs, run, name="C")
+            fitted = out.predictor
+            return dataclasses.replace(out, predictor=lambda: fitted.predict(test_inputs))
+        return arm
+
+    tfidf_arm = linear_arm(lambda x, y, C, seed: fit_tfidf_logreg(x, y, C=C, seed=seed), lambda t, i: t, list(test[0]))
+    frozen_arm = linear_arm(_logistic_regression, lambda t, i: pool_x[i], test_x)
+
+    steps_per_epoch = math.ceil(sizes["train"] * num_classes / batch_size)
+    budget = Budget(steps=len(recipes) * epochs * steps_per_epoch)
+    test_loader = text_loader(list(test[0]), np.asarray(test[1]), tokenizer, max_length, 64)
+
+    def finetune_arm(trial):
+        (train_t, train_y, _), (val_t, val_y, _) = split(trial, "train"), split(trial, "val")
+        val_loader = text_loader(val_t, val_y, tokenizer, max_length, 64)
+
+        def run(name):
+            train_loader = text_loader(train_t, train_y, tokenizer, max_length, batch_size, shuffle=True,
+                                       seed=trial.seed, group_by_length=True)   # the same batches for every recipe
+            _, encoder = load_text_encoder(encoder_name)
+            model, history = finetune_text_classifier(encoder, train_loader, val_loader, num_classes, epochs,
+                                                      seed=trial.seed, device=device, progress=False, **recipes[name])
+            best = history.epochs[(history.best_epoch or len(history)) - 1]
+            if verbose:
+                print(f"seed {trial.seed}, fine-tuning with {name}: validation accuracy {best['val_accuracy']:.3f} "
+                      f"(epoch {best['epoch']}), {history.seconds:.0f} s", flush=True)
+            return Outcome(model, val=float(best["val_accuracy"]), steps=history.steps,
+                           trainable_params=trainable_parameter_count(model), choice={"epoch": best["epoch"]})
+        out = best_on_validation(list(recipes), run, name="recipe")
+        if models is not None:
+            models[trial.seed] = out.predictor
+        model = out.predictor
+        return dataclasses.replace(out, predictor=lambda: _predict(model, test_loader, device))
+
+    test_y = np.asarray(test[1])
+    arms = {"TF-IDF + logistic regression": tfidf_arm, "frozen encoder + linear head": frozen_arm}
+    if finetune:
+        arms["fine-tuning"] = finetune_arm
+    return arms, (lambda outcome: float(np.mean(np.asarray(outcome.predictor()) == test_y))), budget
+
+
+def _coef_count(pipeline) -> int:
+    model = pipeline[-1]
+    return int(model.coef_.size + model.intercept_.size)
+
+
+def _predict(model: nn.Module, loader, device: torch.device | None) -> np.ndarray:
+    from tlutils.core.train import predict
+
+    return predict(model, loader, device)[0].argmax(-1).numpy()
+
+
+def predictions_correct(model: nn.Module, loader, labels: Sequence[int], device: torch.device | None = None) -> np.ndarray:
+    """Per-example correctness (a boolean array) of a classifier over an unshuffled loader.
+
+    Args:
+        model: A text classifier returning class logits.
+        loader: Batches in the order of ``labels`` (not shuffled).
+        labels: The true labels.
+        device: Defaults to :func:`~tlutils.core.runtime.get_device`.
+
+    Returns:
+        ``predicted == labels`` for every example; its mean is the accuracy, and two models'
+        arrays give a paired difference (:func:`tlutils.topics.text.paired_gap`).
+    """
+    return _predict(model, loader, device) == np.asarray(labels)

@@ -286,3 +286,124 @@ def permutation_mask(order: Sequence[int], content_stream: bool = False) -> torc
     rank[torch.tensor(order)] = torch.arange(n)
     allowed = rank[None, :] < rank[:, None]
     return allowed | torch.eye(n, dtype=torch.bool) if content_stream else allowed
+
+
+#: The instruction of the in-context baselines (zero-shot and few-shot) for headline writing.
+HEADLINE_INSTRUCTION = "Write a short news headline (about five words) for this article. Answer with the headline only."
+
+
+def chat_headline_prompt(tokenizer: Any, article_prompt: str, examples: Sequence[tuple[str, str]] = (),
+                         instruction: str = HEADLINE_INSTRUCTION) -> str:
+    """A headline request in the model's own chat format, optionally with worked examples (few-shot).
+
+    Instruct models are trained on conversations wrapped in special tokens
+    (``<|im_start|>user ... <|im_end|>`` for SmolLM2); ``tokenizer.apply_chat_template``
+    writes that wrapping, so the model sees a request in the form it was tuned on.
+
+    Args:
+        tokenizer: A tokenizer with a chat template.
+        article_prompt: A :func:`headline_prompt` text (``"Article: ...\\nHeadline:"``).
+        examples: ``(article_prompt, headline)`` pairs shown first as earlier turns of the
+            conversation: k pairs make a k-shot prompt, none a zero-shot one.
+        instruction: The request that precedes every article.
+
+    Returns:
+        The prompt text, ending where the assistant's answer starts.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this tokenizer has no chat template; use the plain headline_prompt instead")
+
+    def request(prompt: str) -> dict:
+        article = prompt.strip().removesuffix("Headline:").strip()
+        return {"role": "user", "content": f"{instruction}\n{article}"}
+
+    messages = []
+    for prompt, headline in examples:
+        messages += [request(prompt), {"role": "assistant", "content": headline.strip()}]
+    messages.append(request(article_prompt))
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def headline_rouge(model: nn.Module, tokenizer: Any, prompts: Sequence[str], references: Sequence[str],
+                   max_new_tokens: int = 12, batch_size: int = 8, device: torch.device | None = None) -> tuple[list[float], list[str]]:
+    """Greedy one-line generations and their ROUGE-L F1 against reference headlines, per example.
+
+    Args:
+        model: A causal LM.
+        tokenizer: Its tokenizer.
+        prompts: One prompt per example (plain or chat format).
+        references: The real headlines.
+        max_new_tokens: Longest generation.
+        batch_size: Prompts generated together.
+        device: Defaults to :func:`~tlutils.core.runtime.get_device`.
+
+    Returns:
+        ``(scores, outputs)``: the per-example ROUGE-L F1 (mean = the usual corpus score) and the texts.
+    """
+    from tlutils.core.metrics import rouge_l
+
+    if len(prompts) != len(references):
+        raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
+    outputs = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop_at_newline=True,
+                             batch_size=batch_size, device=device)
+    return [float(rouge_l(o, r)) for o, r in zip(outputs, references)], outputs
+
+
+def causal_lm_arm(base_model: nn.Module, make_trainable, lrs: Sequence[float], train_set: CausalLMDataset,
+                  val_set: CausalLMDataset, *, batch_size: int = 4, epochs: int = 2, name: str = "arm",
+                  chosen: dict | None = None, keep: dict | None = None, keep_seeds: Sequence[int] | None = None,
+                  verbose: bool = True,
+                  device: torch.device | None = None):
+    """A fine-tuning arm for :func:`tlutils.core.compare.compare`: the learning rate chosen on validation loss.
+
+    Each run trains ``make_trainable(copy of base_model)`` with :func:`~tlutils.core.train.fit` and
+    :func:`causal_lm_loss` on ``train_set`` (batches in the trial's seed order) and scores the
+    target loss on ``val_set``; :func:`~tlutils.core.compare.best_on_validation` keeps the lowest.
+
+    Args:
+        base_model: The pre-trained causal LM (copied, never changed).
+        make_trainable: ``model -> model`` that sets what trains (LoRA, last blocks, ...).
+        lrs: The learning rates to try.
+        train_set: Training pairs.
+        val_set: Validation pairs (never the test articles).
+        batch_size: Examples per step.
+        epochs: Passes over ``train_set`` per run.
+        name: The arm's name (key in ``chosen`` and ``keep``, label of the printed lines).
+        chosen: If a dict, the rate chosen at the first seed is stored under ``name`` and later
+            seeds train at that rate only (one search instead of one per seed).
+        keep: If a dict, the trained model of every seed is stored under ``(name, seed)``.
+        keep_seeds: Only keep the models of these seeds (``None``: all); a model is large.
+        verbose: Print one line per training run.
+        device: Defaults to :func:`~tlutils.core.runtime.get_device`.
+
+    Returns:
+        ``arm(trial) -> Outcome`` with ``choice = {"lr": ..., "val_loss": ...}``.
+    """
+    import copy
+
+    from tlutils.core.compare import Outcome, best_on_validation
+    from tlutils.core.surgery import trainable_parameter_count
+    from tlutils.core.train import fit
+
+    def arm(trial):
+        def run(lr):
+            model = make_trainable(copy.deepcopy(base_model))
+            loader = lm_loader(train_set, batch_size=batch_size, shuffle=True, seed=trial.seed, group_by_length=True)
+            history = fit(model, loader, epochs=epochs, lr=lr, loss_fn=causal_lm_loss, scheduler="linear",
+                          seed=trial.seed, device=device, progress=False)
+            val_loss = target_loss(model, lm_loader(val_set, batch_size=batch_size), device)
+            if verbose:
+                print(f"seed {trial.seed}, {name}, lr {lr:g}: {history.steps} steps in {history.seconds:.0f} s, "
+                      f"validation loss {val_loss:.3f}", flush=True)
+            return Outcome(model, val=-val_loss, steps=history.steps, trainable_params=trainable_parameter_count(model),
+                           choice={"val_loss": round(val_loss, 4)})
+
+        options = [chosen[name]] if chosen is not None and name in chosen else list(lrs)
+        outcome = best_on_validation(options, run, name="lr")
+        if chosen is not None:
+            chosen.setdefault(name, outcome.choice["lr"])
+        if keep is not None and (keep_seeds is None or trial.seed in keep_seeds):
+            keep[name, trial.seed] = outcome.predictor
+        return outcome
+
+    return arm

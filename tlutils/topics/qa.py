@@ -303,3 +303,32 @@ def predict_answers(model: nn.Module, dataset: QADataset, batch_size: int = 32, 
                 first_char, last_char = _widen_to_words(context, first_char, last_char)
             answers.append(context[first_char:last_char])
     return answers
+
+
+def rule_speaker_answers(examples: Sequence[QAExample], match_clause: bool = False) -> list[str]:
+    """The obvious rule for "Who said ...?" questions, without any learning: the name before the verb.
+
+    Args:
+        examples: Questions of the form ``Who <verb> <clause>?`` (:func:`speaker_questions`).
+        match_clause: ``False``: answer with the capitalised words right before the first
+            ``<verb>`` of the context. ``True``: first look for the sentence that contains the
+            question's clause (the rule the questions were built with), then take its name.
+
+    Returns:
+        One answer per question ("" when the rule finds nothing).
+
+    Example:
+        >>> q = QAExample("Who said sales rose?", "Profits fell. Mr Lee said sales rose.", "Mr Lee", 14)
+        >>> rule_speaker_answers([q])
+        ['Mr Lee']
+    """
+    answers = []
+    for example in examples:
+        verb, clause = example.question.split(" ", 2)[1], example.question.split(" ", 2)[2].rstrip("?")
+        anchor = f" {verb} {clause}" if match_clause else f" {verb} "
+        at = example.context.find(anchor)
+        if at < 0 and match_clause:
+            at = example.context.find(f" {verb} ")
+        names = re.findall(_NAME + r"$", example.context[:max(at, 0)]) if at > 0 else []
+        answers.append(names[-1] if names else "")
+    return answers

@@ -204,3 +204,92 @@ def finetune_text_classifier(encoder: nn.Module, train_loader, val_loader, num_c
         history = fit(model, train_loader, val_loader, epochs=epochs, optimizer=torch.optim.AdamW(groups),
                       scheduler="linear", seed=seed, device=device, progress=progress)
     return model, history
+
+
+def per_class_split(labels: Sequence[int], sizes: dict[str, int], seed: int) -> dict[str, "np.ndarray"]:
+    """Split examples into named parts with the same number of examples of every class in each.
+
+    Args:
+        labels: One integer label per example.
+        sizes: Part name -> examples per class, e.g. ``{"train": 300, "val": 100, "test": 1000}``;
+            the parts are cut in this order from one random draw per class, so they never overlap.
+        seed: The same seed gives the same parts.
+
+    Returns:
+        Part name -> indices into ``labels`` (shuffled, classes mixed).
+
+    Example:
+        >>> parts = per_class_split([0, 0, 0, 1, 1, 1], {"train": 2, "val": 1}, seed=0)
+        >>> [len(parts[name]) for name in ("train", "val")]
+        [4, 2]
+    """
+    import numpy as np
+
+    from tlutils.core.datasets import balanced_subset
+
+    labels = as_class_labels(labels)
+    if not sizes or any(int(n) != n or n < 1 for n in sizes.values()):
+        raise ValueError(f"sizes must map part names to positive whole numbers per class, got {sizes!r}")
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(balanced_subset(labels, int(sum(sizes.values())), seed=seed))
+    parts: dict[str, list[int]] = {name: [] for name in sizes}
+    for label in np.unique(labels):
+        rows, start = chosen[labels[chosen] == label], 0
+        for name, n in sizes.items():
+            parts[name] += rows[start:start + int(n)].tolist()
+            start += int(n)
+    return {name: rng.permutation(np.asarray(idx, dtype=np.int64)) for name, idx in parts.items()}
+
+
+def paired_gap(scores_a: Sequence[float], scores_b: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of ``a - b`` over the same test examples (per-example scores, paired).
+
+    With 0/1 correctness this is the accuracy difference of two models on one test set; the
+    pairing removes the examples both get right or both get wrong from the noise.
+
+    Args:
+        scores_a: Per-example scores of the first model (e.g. 1.0 correct, 0.0 wrong, or an F1).
+        scores_b: The second model's scores on the same examples, in the same order.
+
+    Returns:
+        ``(gap, se)``: mean difference and its standard error (sample std / sqrt(n)).
+
+    Example:
+        >>> paired_gap([1, 1, 0, 1], [1, 0, 0, 0])
+        (0.5, 0.28867513459481287)
+    """
+    import numpy as np
+
+    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"need two equally long 1-D score lists (>= 2 examples), got shapes {a.shape} and {b.shape}")
+    difference = a - b
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
+
+
+def independent_gap(accuracy_a: float, n_a: int, accuracy_b: float, n_b: int) -> tuple[float, float]:
+    """Difference of two accuracies measured on two different test sets, with its standard error.
+
+    Each accuracy is a mean of ``n`` correct/wrong outcomes, with variance ``p (1 - p) / n``;
+    the two sets are independent, so the variances add.
+
+    Args:
+        accuracy_a: Accuracy on the first test set (e.g. in domain).
+        n_a: Its number of examples.
+        accuracy_b: Accuracy on the second test set (e.g. after a domain shift).
+        n_b: Its number of examples.
+
+    Returns:
+        ``(gap, se)`` with ``gap = accuracy_a - accuracy_b``.
+
+    Example:
+        >>> gap, se = independent_gap(0.8, 1000, 0.7, 1000)
+        >>> round(gap, 3), round(se, 4)
+        (0.1, 0.0195)
+    """
+    import math
+
+    for p, n in ((accuracy_a, n_a), (accuracy_b, n_b)):
+        if not 0.0 <= p <= 1.0 or int(n) != n or n < 1:
+            raise ValueError(f"accuracies must lie in [0, 1] and sizes be positive whole numbers, got {p!r} on {n!r}")
+    return float(accuracy_a - accuracy_b), math.sqrt(accuracy_a * (1 - accuracy_a) / n_a + accuracy_b * (1 - accuracy_b) / n_b)
