@@ -346,3 +346,26 @@ def test_plot_and_html_show_every_arm(learned_vs_constant):
     plt.close(fig)
     html = learned_vs_constant._repr_html_()
     assert "logreg" in html and "constant" in html and "<table" in html
+
+
+def test_claim_verdict_says_tie_inside_the_noise():
+    from tlutils.core.compare import claim_verdict
+    from tests.test_learning_curves import fake_curve
+
+    curve = fake_curve({"a": {10: [0.80, 0.90, 0.70]}, "b": {10: [0.78, 0.71, 0.74]},
+                        "c": {10: [0.60, 0.61, 0.62]}})
+    tie = claim_verdict(curve.comparison(10), "a", "b")
+    assert tie["verdict"] == "tie" and "tied with" in tie["text"]
+    better = claim_verdict(curve.comparison(10), "b", "c")
+    assert better["verdict"] == "better" and better["gap"] > 2 * better["se"]
+    assert claim_verdict(curve.comparison(10), "c", "b")["verdict"] == "worse"
+
+
+def test_gap_verdict_counts_only_gaps_beyond_the_noise():
+    from tlutils.core.compare import gap_verdict
+
+    assert gap_verdict(0.05, 0.01) == "better" and gap_verdict(-0.05, 0.01) == "worse"
+    assert gap_verdict(0.015, 0.01) == "tie" and gap_verdict(0.015, 0.01, z=1.0) == "better"
+    assert gap_verdict(0.001, float("nan")) == "better"   # one seed: no SE, any gap counts
+    with pytest.raises(ValueError, match="z must be positive"):
+        gap_verdict(0.1, 0.01, z=0)

@@ -11,7 +11,6 @@ from tlutils.core.compare import Budget, Trial
 from tlutils.core.features import LinearProbe
 from tlutils.course.scratch_vs_transfer import (
     TextPipelineClassifier,
-    claim_verdict,
     new_task_costs,
     pixels,
     tfidf_arm,
@@ -85,18 +84,6 @@ def test_pixels_scales_and_resizes():
     out = pixels(images, size=28)
     assert out.shape == (3, 1, 28, 28) and torch.allclose(out, torch.ones_like(out))
     assert pixels(np.zeros((2, 28, 28), dtype=np.uint8)).shape == (2, 1, 28, 28)
-
-
-def test_claim_verdict_says_tie_inside_the_noise():
-    from tests.test_learning_curves import fake_curve
-
-    curve = fake_curve({"a": {10: [0.80, 0.90, 0.70]}, "b": {10: [0.78, 0.71, 0.74]},
-                        "c": {10: [0.60, 0.61, 0.62]}})
-    tie = claim_verdict(curve.comparison(10), "a", "b")
-    assert tie["verdict"] == "tie" and "tied with" in tie["text"]
-    better = claim_verdict(curve.comparison(10), "b", "c")
-    assert better["verdict"] == "better" and better["gap"] > 2 * better["se"]
-    assert claim_verdict(curve.comparison(10), "c", "b")["verdict"] == "worse"
 
 
 def test_mnist_framed_centres_the_digit_on_a_black_canvas():

@@ -29,8 +29,8 @@ topics/   one module per technique (imports only core)
     training_cost  steps and seconds to a target accuracy, seconds per epoch, cost growth with data
 course/   what only this course needs (may import anything)
     exercises, widgets, curriculum, notebook_outputs, and the experiments of single notebooks:
-    fundamentals (01), mathematics (03), strategy_table (04), medical (05), scenes (06), text_comparison (07),
-    challenges (12), scratch_vs_transfer (11)
+    fundamentals (01), mathematics (03), strategy_table (04), medical and vision_classification (05),
+    scenes (06), text_comparison (07), speech_curves (09), scratch_vs_transfer (11), challenges (12)
 
 The names the notebooks use most are importable from ``tlutils`` itself, for example
 ``from tlutils import fit, set_seed``; each is the same object as in its home module.

@@ -549,3 +549,49 @@ def assert_tied(comparison: Comparison, a: str, b: str, on: str = "test", z: flo
         raise AssertionError(f"'{a}' and '{b}' are not tied on {on}: paired gap {gap:+.4g}, SE {se:.4g}, n={n} seeds; "
                              f"|gap| is more than {z:g} SE = {z * se:.4g}")
     return gap, se
+
+
+def gap_verdict(gap: float, se: float, z: float = 2.0) -> str:
+    """What a paired gap says once its noise is counted: ``"better"``, ``"worse"`` or ``"tie"``.
+
+    A gap counts only when it exceeds ``z`` standard errors; inside that band the two
+    arms are tied. An undefined SE (one seed) is treated as 0, so any non-zero gap counts.
+
+    Args:
+        gap: The mean paired difference ``a - b``.
+        se: Its standard error.
+        z: How many standard errors the gap must exceed.
+
+    Returns:
+        ``"better"`` (``a`` ahead), ``"worse"`` (``a`` behind) or ``"tie"``.
+
+    Example:
+        >>> gap_verdict(0.05, 0.01), gap_verdict(0.01, 0.01)
+        ('better', 'tie')
+    """
+    if not z > 0:
+        raise ValueError(f"z must be positive, got {z}")
+    se_used = 0.0 if math.isnan(se) else se
+    return "better" if gap > z * se_used else "worse" if gap < -z * se_used else "tie"
+
+
+def claim_verdict(comparison: Comparison, a: str, b: str, on: str = "test", z: float = 2.0) -> dict:
+    """The paired gap ``a - b`` over seeds and its verdict in words, for printing a claim that is not asserted.
+
+    Args:
+        comparison: A :class:`Comparison`.
+        a: One arm.
+        b: The arm it is measured against.
+        on: ``"test"`` or ``"val"``.
+        z: How many standard errors make a gap count (see :func:`gap_verdict`).
+
+    Returns:
+        ``{"gap", "se", "verdict", "text"}``, e.g. text ``"a is tied with b: +0.004 ± 0.006"``.
+
+    Example:
+        >>> print(claim_verdict(result, "LoRA", "last blocks")["text"])
+    """
+    gap, se = comparison.paired_difference(a, b, on=on)
+    verdict = gap_verdict(gap, se, z)
+    words = {"better": "better than", "worse": "worse than", "tie": "tied with"}[verdict]
+    return {"gap": gap, "se": se, "verdict": verdict, "text": f"{a} is {words} {b}: {gap:+.3f} ± {se:.3f}"}

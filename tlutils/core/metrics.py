@@ -1,7 +1,8 @@
 """Every metric of the course: classification, detection, segmentation, QA, generation, speech.
 
 Classification: :func:`accuracy`, :func:`macro_f1`, :func:`confusion_matrix` and the
-binomial :func:`accuracy_standard_error`; :func:`separation_score` for 2-D projections.
+binomial :func:`accuracy_standard_error`; :func:`screening_scores` (sensitivity and
+specificity of one positive class); :func:`separation_score` for 2-D projections.
 Detection: :func:`box_iou` and :func:`detection_scores` (AP at an IoU threshold).
 Segmentation: :func:`mask_iou`. Extractive QA: :func:`exact_match`, :func:`token_f1`,
 :func:`qa_scores` (SQuAD-style). Generation: :func:`rouge_scores` (ROUGE-1/2/L F1 on
@@ -48,6 +49,31 @@ def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarr
     y_true, y_pred = _as_labels(y_true, y_pred)
     labels = np.arange(num_classes) if num_classes else None
     return _sk_confusion_matrix(y_true, y_pred, labels=labels)
+
+
+def screening_scores(y_true, y_pred, positive: int) -> dict[str, float]:
+    """Accuracy, sensitivity and specificity for one class treated as "positive" (a lesion, fraud, ...).
+
+    Sensitivity (recall) is the share of true positives found; specificity the share of the
+    other examples left alone. A class with no examples gives ``nan`` for its rate.
+
+    Args:
+        y_true: True labels.
+        y_pred: Predicted labels, one per example.
+        positive: The label that counts as positive.
+
+    Returns:
+        ``{"accuracy", "sensitivity", "specificity"}``.
+
+    Example:
+        >>> screening_scores([1, 1, 0, 0], [1, 0, 0, 0], positive=1)["sensitivity"]
+        0.5
+    """
+    y_true, y_pred = _as_labels(y_true, y_pred)
+    is_positive = y_true == positive
+    rate = lambda hits: float(hits.mean()) if hits.size else float("nan")
+    return {"accuracy": accuracy(y_true, y_pred), "sensitivity": rate(y_pred[is_positive] == positive),
+            "specificity": rate(y_pred[~is_positive] != positive)}
 
 
 METRICS = {"accuracy": accuracy, "macro_f1": macro_f1}

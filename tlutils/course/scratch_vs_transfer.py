@@ -328,19 +328,6 @@ def pixels(images: np.ndarray, size: int = 28) -> torch.Tensor:
     return tensor
 
 
-def claim_verdict(comparison: Comparison, a: str, b: str, z: float = 2.0) -> dict:
-    """Paired gap ``a - b`` over seeds and what it says: ``"better"``, ``"worse"`` or ``"tie"`` at ``z`` SE.
-
-    Returns:
-        ``{"gap": ..., "se": ..., "verdict": ..., "text": "a is better than b: +0.120 ± 0.010"}``.
-    """
-    gap, se = comparison.paired_difference(a, b)
-    se_used = 0.0 if math.isnan(se) else se
-    verdict = "better" if gap > z * se_used else "worse" if gap < -z * se_used else "tie"
-    words = {"better": "better than", "worse": "worse than", "tie": "tied with"}[verdict]
-    return {"gap": gap, "se": se, "verdict": verdict, "text": f"{a} is {words} {b}: {gap:+.3f} ± {se:.3f}"}
-
-
 def new_task_costs(curve: LearningCurve, per_class: int) -> pd.DataFrame:
     """What adding one task costs with each approach, from a one-point learning curve of that task.
 
