@@ -391,3 +391,20 @@ def test_text_dataset_with_a_real_tokenizer():
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 6)
     assert batch["input_ids"][0, 0].item() == tokenizer.cls_token_id
+
+
+def test_image_loader_shuffles_by_its_seed_only():
+    from tlutils.core.datasets import image_loader
+
+    images = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
+    labels = np.arange(10) % 2
+
+    def order(seed):
+        loader = image_loader(images, labels, None, batch_size=10, shuffle=True, seed=seed)
+        return next(iter(loader))[0][:, 0, 0].tolist()
+
+    assert order(3) == order(3) and order(3) != order(4)
+    fixed = image_loader(images, labels, None, batch_size=4)
+    assert next(iter(fixed))[0][:, 0, 0].tolist() == [0, 16, 32, 48]   # no shuffling: the array's order
+    with pytest.raises(ValueError, match="10 images but 9 labels"):
+        image_loader(images, labels[:9], None)

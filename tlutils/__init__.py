@@ -13,6 +13,7 @@ core/     what any transfer-learning project needs (imports nothing above it)
     models      every model loader (ImageNet CNNs, text encoders, SmolLM2, Whisper, GE2E, wav2vec 2.0)
     surgery     heads, freezing, blocks, parameter counts, layer-wise parameter groups
     train       the one training loop (fit with step functions), evaluate/predict, History, checkpoints
+    distributed data-parallel training (DDP) under torchrun: process group, shards, averaged logs
     features    frozen-backbone features with a verified cache, linear probes
     compare     the comparison protocol: arms x seeds, equal budgets, choices on validation, test once
     metrics     every metric: classification, detection, segmentation, QA, ROUGE, WER
@@ -28,7 +29,8 @@ topics/   one module per technique (imports only core)
     learning_curves  accuracy vs labels per class through the comparison protocol, labels to a target
     training_cost  steps and seconds to a target accuracy, seconds per epoch, cost growth with data
 course/   what only this course needs (may import anything)
-    exercises, widgets, curriculum, notebook_outputs, and the experiments of single notebooks:
+    exercises, widgets, curriculum, notebook_outputs, finetune_job (python -m tlutils finetune),
+    and the experiments of single notebooks:
     fundamentals (01), mathematics (03), strategy_table (04), medical and vision_classification (05),
     scenes (06), text_comparison (07), speech_curves (09), scratch_vs_transfer (11), challenges (12)
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tlutils assets``, ``python -m tlutils prepare`` and ``python -m tlutils tidy``."""
+"""Command line: ``python -m tlutils assets``, ``prepare``, ``tidy`` and ``finetune`` (which also runs under torchrun)."""
 
 from __future__ import annotations
 
@@ -152,9 +152,17 @@ def main(argv: list[str] | None = None, catalogue=None) -> int:
     prep.add_argument("names", nargs="*", help="only these assets (default: every offline-capable one)")
     tidy = commands.add_parser("tidy", help="make the progress bars of executed notebooks show their last state")
     tidy.add_argument("notebooks", nargs="+", help="the .ipynb files to tidy in place")
+    from tlutils.course import finetune_job
+
+    finetune_job.build_parser(commands.add_parser("finetune", help="fine-tune the sentiment classifier; runs under "
+                                                  "torchrun for data-parallel training", description=finetune_job.__doc__,
+                                                  formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == "tidy":
         return tidy_notebooks(args.notebooks)
+    if args.command == "finetune":
+        finetune_job.run(args)
+        return 0
     if args.catalogue:
         catalogue = load_catalogue(args.catalogue)
     return print_assets(catalogue) if args.command == "assets" else prepare(args.names, catalogue)

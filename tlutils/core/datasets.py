@@ -400,6 +400,24 @@ class ArrayImageDataset(Dataset):
         return image if self.labels is None else (image, int(self.labels[index]))
 
 
+def image_loader(images: Sequence[Any] | np.ndarray, labels: Sequence[int] | None, transform: Callable | None,
+                 batch_size: int = 64, shuffle: bool = False, seed: int | None = None) -> DataLoader:
+    """A DataLoader over in-memory images (:class:`ArrayImageDataset`), reshuffled by a seeded generator.
+
+    Args:
+        images, labels, transform: As for :class:`ArrayImageDataset`.
+        batch_size: Images per batch.
+        shuffle: Reshuffle every epoch; the order depends only on ``seed``.
+        seed: Seeds the shuffling (``None``: PyTorch's global generator).
+
+    Example:
+        >>> train = image_loader(x, y, image_transform(64), 32, shuffle=True, seed=0)
+    """
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(ArrayImageDataset(images, labels, transform), batch_size=batch_size, shuffle=shuffle,
+                      generator=generator)
+
+
 class TextDataset(Dataset):
     """Texts tokenised once with a Hugging Face tokenizer, padded per batch.
 

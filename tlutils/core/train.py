@@ -422,6 +422,8 @@ def _fit_epochs(model, train_loader, val_loader, validate, optimizer, scheduler,
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+                train_loader.sampler.set_epoch(epoch)   # a DistributedSampler reshuffles per epoch
             try:
                 row.update(_train_one_epoch(run, train_loader, epoch))
             except FloatingPointError:
