@@ -9,6 +9,8 @@ core/     what any transfer-learning project needs (imports nothing above it)
     assets      the resolver: an asset name -> where it is, offline first
     convert     one-time conversions (CTranslate2, GGUF, ONNX -> PyTorch), checked against the originals
     data        every data set loader (images, text, audio, boxes)
+    tables      the applications' real tables and digits: MovieLens, credit, STAR, HMDA, molecules
+    rdata_lazy  R data without R: .rda files and lazy-load databases (Rdata.rdb + .rdx)
     own_data    your own data: an image folder per class, a CSV of texts, a folder of audio clips
     datasets    seeded splits, transforms, torch Datasets, collators, length-grouped batches
     models      every model loader (ImageNet CNNs, text encoders, SmolLM2, Whisper, GE2E, wav2vec 2.0)

@@ -33,9 +33,18 @@ def print_assets(catalogue=None) -> int:
 
 
 def _installed_by_setup(asset) -> bool:
-    """True when ``make setup`` alone provides the asset (a pip package or a conversion of one)."""
+    """True when ``make setup`` alone provides the asset (a pip package or a conversion of one).
+
+    A cache built from a Debian package (``apt-get download``) needs a Debian-based system, so it does not count.
+    """
     return any(
-        source.kind == "package" or (source.kind == "cache" and source.builder is not None) for source in asset.sources
+        source.kind == "package"
+        or (
+            source.kind == "cache"
+            and source.builder is not None
+            and not getattr(source.builder, "debian_package", None)
+        )
+        for source in asset.sources
     )
 
 

