@@ -23,6 +23,8 @@ NOTEBOOKS = (
     ("12_challenges.ipynb", "11", "domain shift, overfitting, forgetting"),
     ("12b_cost_and_bias.ipynb", "11", "compute cost of each fine-tuning method, int8 inference; bias measured and mitigated"),
     ("13_interview_prep.ipynb", "12-13", "auto-graded quiz and flashcards"),
+    ("14_from_course_to_work.ipynb", "beyond", "the standard stack: Trainer + datasets, timm, torchrun / DDP, LoRA SFT, "
+     "safetensors + model card, ONNX and int8, your own data"),
 )
 
 #: Written by ``make test`` (tests/notebook_timing.py): seconds per notebook of the last run.
