@@ -169,3 +169,21 @@ def test_plot_lambda_sweep_returns_a_figure_and_checks_lengths():
     assert fig.axes[0].get_xscale() == "symlog"
     with pytest.raises(ValueError, match="one value each"):
         plot_lambda_sweep([0, 1], [0.8], [0.1, 0.2])
+
+
+def test_norms_and_biases_can_be_left_out_of_both_penalties():
+    from tlutils.core.surgery import decayed_parameter_names
+
+    model = TinyNet()
+    kept = decayed_parameter_names(model)
+    assert "features.0.0.weight" in kept and "classifier.2.weight" in kept
+    assert "features.0.1.weight" not in kept and "features.0.0.bias" not in kept   # BatchNorm scale, a bias
+    squares = sum(float(p.pow(2).sum()) for n, p in model.named_parameters() if n in kept)
+    assert _value(l2_penalty(model, 2.0, skip_norms_and_biases=True)) == pytest.approx(squares, rel=1e-5)
+    start = snapshot_weights(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.add_(1.0)     # moving only BatchNorm scales costs nothing when they are skipped
+    assert _value(make_penalty("l2_sp", model, start, alpha=1.0, beta=0.0, skip_norms_and_biases=True)()) == 0.0
+    assert _value(make_penalty("l2_sp", model, start, alpha=1.0, beta=0.0)()) > 0.0

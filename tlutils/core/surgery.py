@@ -65,6 +65,26 @@ def pooled_body(model: nn.Module) -> nn.Module:
     return nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+#: Normalisation layers, whose scale and shift practice leaves out of weight decay.
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def decayed_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that weight decay applies to in practice: no biases, no norm layers.
+
+    Decaying a BatchNorm scale pulls it towards zero, which switches channels off; a bias has
+    nothing to regularise. Libraries' fine-tuning recipes (e.g. the Hugging Face Trainer) skip both.
+
+    Example:
+        >>> "features.0.1.weight" in decayed_parameter_names(load_mobilenet_v2())   # a BatchNorm scale
+        False
+    """
+    skipped = {f"{prefix}.{name}" if prefix else name
+               for prefix, module in model.named_modules() if isinstance(module, NORM_LAYERS)
+               for name, _ in module.named_parameters(recurse=False)}
+    return {name for name, _ in model.named_parameters() if name not in skipped and not name.endswith("bias")}
+
+
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Replace the final linear layer of the head with a new one for ``num_classes``.
 

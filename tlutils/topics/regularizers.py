@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tlutils.core.runtime import resolve_device
-from tlutils.core.surgery import belongs_to, head_name, model_blocks
+from tlutils.core.surgery import belongs_to, decayed_parameter_names, head_name, model_blocks
 from tlutils.core.train import History, Loss, Step, fit, map_batches, unpack_batch
 
 
@@ -50,7 +50,7 @@ def _in_module(param_name: str, prefix: str | None) -> bool:
     return prefix is not None and belongs_to(param_name, prefix)
 
 
-def l2_penalty(model: nn.Module, alpha: float) -> torch.Tensor:
+def l2_penalty(model: nn.Module, alpha: float, skip_norms_and_biases: bool = False) -> torch.Tensor:
     """Plain L2 regularisation (weight decay as a loss term): ``alpha/2 * sum ||w||^2``.
 
     Only trainable parameters count. This pulls every weight towards **zero**, so on a
@@ -59,17 +59,21 @@ def l2_penalty(model: nn.Module, alpha: float) -> torch.Tensor:
     Args:
         model: The network being trained.
         alpha: Strength, ``>= 0``.
+        skip_norms_and_biases: Leave biases and normalisation layers out, as practice does
+            (:func:`~tlutils.core.surgery.decayed_parameter_names`).
 
     Returns:
         A scalar tensor that carries gradients.
     """
     _check_strength("alpha", alpha)
-    squares = [param.pow(2).sum() for param in model.parameters() if param.requires_grad]
+    keep = decayed_parameter_names(model) if skip_norms_and_biases else None
+    squares = [param.pow(2).sum() for name, param in model.named_parameters()
+               if param.requires_grad and (keep is None or name in keep)]
     return alpha / 2 * torch.stack(squares).sum() if squares else torch.zeros(())
 
 
 def l2_sp_penalty(model: nn.Module, reference: dict[str, torch.Tensor], alpha: float,
-                  beta: float = 0.0, head: str | None = None) -> torch.Tensor:
+                  beta: float = 0.0, head: str | None = None, skip_norms_and_biases: bool = False) -> torch.Tensor:
     """The L2-SP penalty of Li, Grandvalet and Davoine (2018).
 
     ``alpha/2 * ||w_body - w0||^2 + beta/2 * ||w_head||^2``: body weights are pulled
@@ -83,6 +87,7 @@ def l2_sp_penalty(model: nn.Module, reference: dict[str, torch.Tensor], alpha: f
         beta: Weight decay of the head (and of any parameter missing from ``reference``).
         head: Module name of the head; default: the model's head attribute (``classifier``,
             ``fc``, ...), if any.
+        skip_norms_and_biases: Leave biases and normalisation layers out of both terms.
 
     Returns:
         A scalar tensor that carries gradients.
@@ -94,9 +99,10 @@ def l2_sp_penalty(model: nn.Module, reference: dict[str, torch.Tensor], alpha: f
     _check_strength("alpha", alpha)
     _check_strength("beta", beta)
     head = _head_prefix(model, head)
+    keep = decayed_parameter_names(model) if skip_norms_and_biases else None
     total = torch.zeros(())
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if not param.requires_grad or (keep is not None and name not in keep):
             continue
         if _in_module(name, head) or name not in reference:
             total = total.to(param.device) + beta / 2 * param.pow(2).sum()
@@ -143,7 +149,8 @@ PENALTY_KINDS = ("none", "l2", "l2_sp")
 
 
 def make_penalty(kind: str, model: nn.Module, reference: dict[str, torch.Tensor] | None = None,
-                 alpha: float = 0.0, beta: float | None = None) -> Callable[[], torch.Tensor]:
+                 alpha: float = 0.0, beta: float | None = None,
+                 skip_norms_and_biases: bool = False) -> Callable[[], torch.Tensor]:
     """A penalty function for :class:`PenalizedLoss`, chosen by name.
 
     Args:
@@ -154,6 +161,7 @@ def make_penalty(kind: str, model: nn.Module, reference: dict[str, torch.Tensor]
         alpha: Strength of the pull.
         beta: Head weight decay for ``"l2_sp"``; default ``alpha``, so that L2 and L2-SP
             differ only in where they pull the body.
+        skip_norms_and_biases: Leave biases and normalisation layers out (as practice does).
 
     Returns:
         A function without arguments that returns the penalty as a scalar tensor.
@@ -164,10 +172,11 @@ def make_penalty(kind: str, model: nn.Module, reference: dict[str, torch.Tensor]
     if kind == "none":
         return lambda: torch.zeros(())
     if kind == "l2":
-        return lambda: l2_penalty(model, alpha)
+        return lambda: l2_penalty(model, alpha, skip_norms_and_biases)
     if reference is None:
         raise ValueError("the l2_sp penalty needs reference=snapshot_weights(model), taken before training")
-    return lambda: l2_sp_penalty(model, reference, alpha, alpha if beta is None else beta)
+    return lambda: l2_sp_penalty(model, reference, alpha, alpha if beta is None else beta,
+                                 skip_norms_and_biases=skip_norms_and_biases)
 
 
 def _named_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
