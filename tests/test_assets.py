@@ -15,6 +15,7 @@ OFFLINE_MODELS = [
     "smollm2_135m",
     "whisper_tiny_en",
     "ge2e_speaker",
+    "yolov3_tiny",
 ]
 ONLINE_ONLY = [
     "resnet18",
@@ -26,7 +27,7 @@ ONLINE_ONLY = [
     "gpt2",
     "wav2vec2-base",
 ]
-DATASETS = ["fashion_mnist", "mnist", "digits", "photos", "rotten_tomatoes", "bbc_news", "fsdd"]
+DATASETS = ["fashion_mnist", "mnist", "digits", "photos", "rotten_tomatoes", "bbc_news", "fsdd", "darknet_photos"]
 
 
 @pytest.fixture

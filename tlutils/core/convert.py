@@ -1,13 +1,16 @@
 """One-time conversions of pre-trained weights shipped in pip packages into Hugging Face folders.
 
-Three course models reach us in formats that ``transformers`` cannot open directly:
+Four course models reach us in formats that ``transformers`` or torchvision cannot open directly:
 
 * Whisper tiny.en as a CTranslate2 ``model.bin`` (faster-whisper's format),
 * SmolLM2-135M-Instruct as a Q4_1 GGUF file (llama.cpp's format),
-* paraphrase-MiniLM-L3-v2 as an ONNX graph.
+* paraphrase-MiniLM-L3-v2 as an ONNX graph,
+* YOLOv3-tiny as a Darknet ``.weights`` file (:func:`read_darknet_weights`,
+  :func:`load_darknet_weights`).
 
 Each ``convert_*`` function writes a normal ``save_pretrained`` folder (safetensors
-weights, config, tokenizer) into ``out_dir``. They are called once by the asset
+weights, config, tokenizer) into ``out_dir``; the YOLO conversion writes a PyTorch
+state dict for :class:`tlutils.core.yolo.YOLOv3Tiny`. They are called once by the asset
 catalogue (``python -m tlutils prepare``) inside :func:`tlutils.io.atomic_dir`, so
 they only write into ``out_dir`` and raise on any problem; a half-written folder
 is then thrown away instead of being mistaken for a finished one.
@@ -48,6 +51,11 @@ __all__ = [
     "convert_whisper_ct2",
     "convert_smollm2_gguf",
     "convert_minilm_onnx",
+    "DarknetWeightsError",
+    "read_darknet_weights",
+    "load_darknet_weights",
+    "read_class_names",
+    "convert_yolov3_tiny_darknet",
 ]
 
 #: The only ``model.bin`` layout version this reader understands (the one current
@@ -749,3 +757,123 @@ def convert_minilm_onnx(onnx_file: Path, tokenizer_dir: Path, out_dir: Path) -> 
     model.save_pretrained(out_dir)
     for name in BERT_TOKENIZER_FILES:
         shutil.copy(tokenizer_dir / name, out_dir / name)
+
+
+# ---------------------------------------------------------------- Darknet (YOLO) weights
+
+#: Bytes of a Darknet weights header: int32 major, minor, revision, then ``seen`` (int64 from version 0.2).
+DARKNET_HEADER_BYTES = 20
+
+
+class DarknetWeightsError(ValueError):
+    """A Darknet ``.weights`` file that cannot be the expected model (truncated, too long, bad header)."""
+
+
+@dataclass(frozen=True)
+class DarknetWeights:
+    """The content of a Darknet ``.weights`` file: its header and every float after it."""
+
+    version: tuple[int, int, int]
+    seen: int
+    floats: np.ndarray
+
+
+def read_darknet_weights(path: str | Path) -> DarknetWeights:
+    """Read a Darknet ``.weights`` file (the format of every YOLO release up to v4).
+
+    The file is a header (major, minor, revision as int32; images seen in training as int64,
+    or int32 before version 0.2) followed by float32 numbers, layer after layer, with no names
+    or shapes: only the network's cfg says how many belong to each layer.
+
+    Raises:
+        DarknetWeightsError: the file is shorter than a header, its version is not one Darknet
+            wrote, or what follows the header is not a whole number of float32 values.
+    """
+    path = _require_file(Path(path), "a Darknet .weights file")
+    data = path.read_bytes()
+    if len(data) < 16:
+        raise DarknetWeightsError(f"{path} has {len(data)} bytes, too few for a Darknet weights header")
+    major, minor, revision = struct.unpack_from("<3i", data)
+    if not (0 <= major <= 1 and 0 <= minor <= 9):
+        raise DarknetWeightsError(f"{path}: header version {major}.{minor}.{revision} is not a Darknet weights "
+                                  "file (Darknet writes 0.1 or 0.2)")
+    wide = major * 10 + minor >= 2
+    start = 12 + (8 if wide else 4)
+    body = len(data) - start
+    if body < 0 or body % 4:
+        raise DarknetWeightsError(f"{path}: {body} bytes after the header are not whole float32 values "
+                                  "(a truncated or damaged download)")
+    seen = struct.unpack_from("<q" if wide else "<i", data, 12)[0]
+    return DarknetWeights((major, minor, revision), int(seen), np.frombuffer(data, "<f4", offset=start))
+
+
+def load_darknet_weights(model: torch.nn.Module, path: str | Path) -> dict:
+    """Copy a Darknet weights file into a model with a ``darknet_layers()`` method (e.g. YOLOv3Tiny).
+
+    The floats are taken in the order Darknet writes them: for each convolution of the cfg,
+    with BatchNorm its bias (beta), weight (gamma), running mean and running variance, without
+    BatchNorm the convolution's bias; then the convolution's weight (out, in, kh, kw).
+
+    Returns:
+        ``version``, ``seen`` and ``floats`` (how many were read: all of the file).
+
+    Raises:
+        DarknetWeightsError: the file holds fewer or more floats than the model needs (another
+            network, or a damaged file), or non-finite values, or BatchNorm variances <= 0.
+    """
+    weights = read_darknet_weights(path)
+    tensors = []
+    for conv, norm in model.darknet_layers():
+        tensors += [norm.bias, norm.weight, norm.running_mean, norm.running_var] if norm is not None else [conv.bias]
+        tensors.append(conv.weight)
+    needed = sum(tensor.numel() for tensor in tensors)
+    if needed != weights.floats.size:
+        raise DarknetWeightsError(
+            f"{path} holds {weights.floats.size:,} floats but {type(model).__name__} needs {needed:,}: "
+            + ("the file is truncated or damaged" if weights.floats.size < needed
+               else "the file is longer than this network (another cfg?)"))
+    if not np.isfinite(weights.floats).all():
+        raise DarknetWeightsError(f"{path} holds NaN or infinite values: the file is damaged")
+    offset = 0
+    with torch.no_grad():
+        for tensor in tensors:
+            chunk = weights.floats[offset:offset + tensor.numel()]
+            tensor.copy_(torch.from_numpy(chunk.copy()).view_as(tensor))
+            offset += tensor.numel()
+    for conv, norm in model.darknet_layers():
+        if norm is not None and not bool((norm.running_var > 0).all()):
+            raise DarknetWeightsError(f"{path}: a BatchNorm variance is <= 0, so the floats are misaligned or damaged")
+    return {"version": list(weights.version), "seen": weights.seen, "floats": offset}
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """One class name per line (Darknet's ``coco.names``), blank lines dropped."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def convert_yolov3_tiny_darknet(darknet_dir: Path, out_dir: Path) -> None:
+    """Darknet's yolov3-tiny release (``yolov3-tiny.weights`` + ``coco.names``) -> a PyTorch state dict.
+
+    Writes ``yolov3_tiny.pt`` (the :class:`~tlutils.core.yolo.YOLOv3Tiny` state dict),
+    ``coco.names`` and ``conversion.json`` (header, floats read, the source's sha256).
+
+    Raises:
+        DarknetWeightsError: the weights are not the recorded file, or do not fit the network.
+    """
+    from tlutils.core.catalog import SHA_YOLOV3_TINY_WEIGHTS
+    from tlutils.core.io import sha256_cached
+    from tlutils.core.yolo import YOLOv3Tiny
+
+    weights_file = _require_file(Path(darknet_dir) / "yolov3-tiny.weights", "Darknet's yolov3-tiny.weights")
+    digest = sha256_cached(weights_file)
+    if digest != SHA_YOLOV3_TINY_WEIGHTS:
+        raise DarknetWeightsError(f"{weights_file} has sha256 {digest[:16]}..., not the official yolov3-tiny "
+                                  f"release ({SHA_YOLOV3_TINY_WEIGHTS[:16]}...): refused")
+    names = read_class_names(_require_file(Path(darknet_dir) / "coco.names", "the 80 COCO class names"))
+    if len(names) != 80:
+        raise ValueError(f"{darknet_dir}/coco.names has {len(names)} names, COCO has 80")
+    model = YOLOv3Tiny(num_classes=80, class_names=names)
+    info = load_darknet_weights(model, weights_file)
+    torch.save(model.state_dict(), out_dir / "yolov3_tiny.pt")
+    (out_dir / "coco.names").write_text("\n".join(names) + "\n")
+    (out_dir / "conversion.json").write_text(json.dumps({**info, "source_sha256": digest}, indent=1) + "\n")

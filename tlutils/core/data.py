@@ -384,6 +384,33 @@ def load_photos(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     return {name: photos[name].copy() for name in wanted}
 
 
+#: The photos of Darknet's demo folder, in the order Darknet's README shows them.
+DARKNET_PHOTOS = ("dog", "person", "horses", "eagle", "giraffe", "kite")
+
+
+def load_darknet_photos(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Load Darknet's demo photos: everyday scenes with COCO objects (dogs, people, horses, cars...).
+
+    Args:
+        names: Photos to load, for example ``["dog", "person"]``; ``None`` loads all of
+            :data:`DARKNET_PHOTOS`.
+
+    Returns:
+        A dict from photo name to its ``H x W x 3`` ``uint8`` RGB image.
+
+    Raises:
+        ValueError: A name is not one of :data:`DARKNET_PHOTOS`.
+    """
+    from PIL import Image
+
+    wanted = list(DARKNET_PHOTOS) if names is None else list(names)
+    unknown = [name for name in wanted if name not in DARKNET_PHOTOS]
+    if unknown:
+        raise ValueError(f"unknown Darknet photo(s) {unknown}; available: {', '.join(DARKNET_PHOTOS)}")
+    folder = resolve("darknet_photos").path
+    return {name: np.asarray(Image.open(folder / f"{name}.jpg").convert("RGB")) for name in wanted}
+
+
 @lru_cache(maxsize=2)
 def _rotten_tomatoes(path: str) -> tuple[tuple[str, ...], np.ndarray]:
     """Parse the corpus CSV (columns category, text, movie_name, has_plot_and_reviews)."""

@@ -149,6 +149,7 @@ def load_pretrained(name: str):
         "minilm_l3": lambda: load_text_encoder("minilm_l3"),
         "smollm2_135m": load_smollm2,
         "whisper_tiny_en": load_whisper,
+        "yolov3_tiny": load_yolov3_tiny,
         **{n: (lambda n=n: load_torchvision_classic(n)) for n in TORCHVISION_CLASSICS},
         **{n: (lambda n=n: load_text_encoder(n)) for n in HUB_CLASSICS if n != "wav2vec2-base"},
     }
@@ -246,3 +247,30 @@ def load_wav2vec2_asr():
     # torch.hub finds the file already in model_dir and does not download it again.
     model = bundle.get_model(dl_kwargs={"model_dir": str(folder), "weights_only": True})
     return model.eval(), bundle.get_labels()
+
+
+def load_yolov3_tiny(pretrained: bool = True):
+    """YOLOv3-tiny with Darknet's COCO weights (80 classes, 8.9M parameters), in eval mode.
+
+    The weights are the official ``yolov3-tiny.weights``, checked by sha256 and converted once
+    (``python -m tlutils prepare`` or the first call) into a PyTorch state dict.
+
+    Args:
+        pretrained: ``False`` builds the same network randomly initialised.
+
+    Returns:
+        A :class:`~tlutils.core.yolo.YOLOv3Tiny` whose ``class_names`` are the 80 COCO classes.
+
+    Example:
+        >>> from tlutils.core.yolo import detect
+        >>> found = detect(load_yolov3_tiny(), image, score_threshold=0.5)
+    """
+    from tlutils.core.convert import read_class_names
+    from tlutils.core.yolo import YOLOv3Tiny
+
+    if not pretrained:
+        return YOLOv3Tiny(num_classes=80).eval()
+    found = resolve("yolov3_tiny")
+    model = YOLOv3Tiny(num_classes=80, class_names=read_class_names(found.path / "coco.names"))
+    model.load_state_dict(load_weights_file(found, ".pt"))
+    return model.eval()

@@ -234,11 +234,13 @@ def show_heatmaps(images: Sequence[np.ndarray], heatmaps: torch.Tensor, titles: 
 
 
 def show_detections(images: Sequence[np.ndarray], predictions: Sequence[dict], true_boxes: Sequence[np.ndarray],
-                    score_threshold: float = 0.5, titles: Sequence[str] | None = None, size: float = 2.6):
+                    score_threshold: float = 0.5, titles: Sequence[str] | None = None, size: float = 2.6,
+                    class_names: Sequence[str] | None = None):
     """Images with true boxes (white, dashed) and predicted boxes; returns the figure.
 
     Predicted boxes scoring at least ``score_threshold`` are drawn in red when
-    confident, shading to yellow towards the threshold.
+    confident, shading to yellow towards the threshold. With ``class_names``, each box
+    is labelled with its class (from the prediction's ``labels``) and score.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
@@ -249,8 +251,13 @@ def show_detections(images: Sequence[np.ndarray], predictions: Sequence[dict], t
         for x0, y0, x1, y1 in np.asarray(truth).reshape(-1, 4):
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", ls="--", lw=1))
         keep = np.asarray(pred["scores"]) >= score_threshold
-        for (x0, y0, x1, y1), score in zip(np.asarray(pred["boxes"])[keep], np.asarray(pred["scores"])[keep]):
+        labels = np.asarray(pred.get("labels", np.zeros(len(keep), dtype=int)))[keep]
+        for (x0, y0, x1, y1), score, label in zip(np.asarray(pred["boxes"])[keep], np.asarray(pred["scores"])[keep],
+                                                  labels):
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=plt.cm.autumn(1 - score), lw=1.5))
+            if class_names is not None:
+                ax.text(x0, y0, f"{class_names[int(label)]} {score:.2f}", fontsize=7, va="bottom",
+                        color="black", bbox=dict(fc=plt.cm.autumn(1 - score), ec="none", pad=1))
         ax.set_title(titles[i] if titles is not None else f"{int(keep.sum())} boxes, {len(truth)} true", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
