@@ -22,7 +22,8 @@ NOTEBOOKS = (
     ("11_scratch_vs_transfer.ipynb", "10", "the comparison table, measured"),
     ("12_challenges.ipynb", "11", "domain shift, overfitting, forgetting"),
     ("12b_cost_and_bias.ipynb", "11", "compute cost of each fine-tuning method, int8 inference; bias measured and mitigated"),
-    ("13_interview_prep.ipynb", "12-13", "auto-graded quiz and flashcards"),
+    ("13_interview_prep.ipynb", "12-13", "the interview hub: auto-graded quiz, flashcards, mock interview and a "
+     "cheat sheet, every answer quoting your own runs"),
     ("14_from_course_to_work.ipynb", "beyond", "the standard stack: Trainer + datasets, timm, torchrun / DDP, LoRA SFT, "
      "safetensors + model card, ONNX and int8, your own data"),
 )
