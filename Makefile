@@ -2,22 +2,35 @@
 #   make lab    create the environment if missing, install, prepare the offline assets, open JupyterLab
 #   make test   the same set-up, then the unit tests and every notebook under nbval
 #   make bench  figures that do not depend on the machine: fit vs a bare loop, cached features, ...
+#   make student  student copies of the notebooks (solutions replaced by stubs) in build/student/
+#   make site   the course as a static web site in build/site/, from the committed notebooks (nothing executed)
 # PYTHON picks the interpreter for the new environment (Python 3.11).
+# TORCH=cpu (make lab TORCH=cpu, Linux, best on a new .venv) installs the CPU-only builds of the pinned torch,
+# torchvision and torchaudio from PyTorch's CPU wheel index: about 3 GB instead of about 9 GB.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SETUP_DONE := $(VENV)/.setup-done
 PREPARED   := data/cache/.prepared
+TORCH      ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SET  := $(shell grep -E '^torch(vision|audio)?==' requirements.txt | cut -d' ' -f1)
+LAB_DIR    ?= notebooks/
+LAB_FLAGS  ?=
 
-.PHONY: setup prepare lab test unit notebooks run-times bench assets clean-cache
+.PHONY: setup prepare lab test unit notebooks run-times bench assets clean-cache student site
 
 setup: $(SETUP_DONE)
 
-$(SETUP_DONE): requirements.txt requirements-assets.txt constraints.txt pyproject.toml
+$(SETUP_DONE): requirements.txt requirements-assets.txt requirements-site.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+ifeq ($(TORCH),cpu)
+	$(PY) -m pip install --no-deps --index-url $(TORCH_CPU_INDEX) $(addsuffix +cpu,$(TORCH_SET))
+endif
 	$(PY) -m pip install -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -r requirements-site.txt -c constraints.txt
 	$(PY) -m pip install --no-deps -r requirements-assets.txt
 	$(PY) -m pip install --no-deps -e .
 	touch $@
@@ -32,7 +45,7 @@ assets: setup
 	$(PY) -m tlutils assets
 
 lab: prepare
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(LAB_FLAGS) $(LAB_DIR)
 
 test: prepare
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=900 -p tests.notebook_timing
@@ -50,6 +63,12 @@ run-times: prepare
 
 bench: prepare
 	$(PY) benchmarks/bench.py
+
+student: setup
+	$(PY) -m tlutils student build/student
+
+site: setup
+	$(PY) -m tlutils site build/site
 
 clean-cache:
 	rm -rf data/cache

@@ -7,18 +7,20 @@ core/     what any transfer-learning project needs (imports nothing above it)
     sources     asset records and their sources: mirror, pip or Debian package, cache, online
     catalog     every model and data set of the course, as plain data
     assets      the resolver: an asset name -> where it is, offline first
-    convert     one-time conversions (CTranslate2, GGUF, ONNX -> PyTorch), checked against the originals
+    convert     one-time conversions (CTranslate2, GGUF, ONNX, Darknet -> PyTorch), checked against the originals
     data        every data set loader (images, text, audio, boxes)
     tables      the applications' real tables and digits: MovieLens, credit, STAR, HMDA, molecules
     rdata_lazy  R data without R: .rda files and lazy-load databases (Rdata.rdb + .rdx)
     own_data    your own data: an image folder per class, a CSV of texts, a folder of audio clips
     datasets    seeded splits, transforms, torch Datasets, collators, length-grouped batches
-    models      every model loader (ImageNet CNNs, text encoders, SmolLM2, Whisper, GE2E, wav2vec 2.0)
+    models      every model loader (ImageNet CNNs, text encoders, SmolLM2, Whisper, GE2E, wav2vec 2.0, YOLOv3-tiny)
+    yolo        YOLOv3-tiny as an nn.Module: Darknet's letterbox, box decoding, NMS (torchvision.ops)
     surgery     heads, freezing, blocks, parameter counts, layer-wise parameter groups
     train       the one training loop (fit with step functions), evaluate/predict, History, checkpoints
     distributed data-parallel training (DDP) under torchrun: process group, shards, averaged logs
     features    frozen-backbone features with a verified cache, linear probes
     compare     the comparison protocol: arms x seeds, equal budgets, choices on validation, test once
+    results     headline results a notebook saves (data/headlines/) for later notebooks to quote
     metrics     every metric: classification, detection, segmentation, QA, ROUGE, WER
     plots       every generic plot
 topics/   one module per technique (imports only core)
@@ -33,6 +35,9 @@ topics/   one module per technique (imports only core)
     training_cost  steps and seconds to a target accuracy, seconds per epoch, cost growth with data
 course/   what only this course needs (may import anything)
     exercises, widgets, curriculum, notebook_outputs, finetune_job (python -m tlutils finetune),
+    student (student copies: solutions replaced by stubs) and site (the course as a static web site),
+    question_bank (the interview questions as data, questions/*.yaml) and interview (quiz, flashcards,
+    mock interview, progress, cheat sheet) of the hub (13),
     and the experiments of single notebooks:
     fundamentals (01), mathematics (03), strategy_table (04), medical and vision_classification (05),
     scenes (06), text_comparison (07), speech_curves (09), the five sectors of 10 (molecules, credit,

@@ -1,4 +1,5 @@
-"""Command line: ``python -m tlutils assets``, ``prepare``, ``tidy`` and ``finetune`` (which also runs under torchrun)."""
+"""Command line: ``python -m tlutils assets``, ``prepare``, ``tidy``, ``student``, ``site`` and ``finetune``
+(which also runs under torchrun)."""
 
 from __future__ import annotations
 
@@ -147,6 +148,38 @@ def tidy_notebooks(paths: list[str]) -> int:
     return 1 if failed else 0
 
 
+def write_student_copies(out: str, paths: list[str]) -> int:
+    """Write student copies of the notebooks (all of them, in curriculum order, by default); return the exit code."""
+    from pathlib import Path
+
+    from tlutils.core.paths import project_root
+    from tlutils.course.curriculum import NOTEBOOKS
+    from tlutils.course.student import write_student_copies as write
+
+    folder = project_root() / "notebooks"
+    notebooks = [Path(p) for p in paths] or [folder / n for n, _, _ in NOTEBOOKS if (folder / n).is_file()]
+    for row in write(notebooks, Path(out)):
+        print(f"{row['notebook']:<42} {row['stubs']} solution(s) replaced by stubs")
+        for index, names in row["depends_on_solutions"]:
+            print(f"  warning: cell {index} reads {', '.join(sorted(names))}, which only a solution defines: "
+                  "in the student copy the notebook stops there until the student defines it", file=sys.stderr)
+    print(f"student copies in {out}/")
+    return 0
+
+
+def build_site(out: str) -> int:
+    """Build the course's static site into ``out`` without executing a notebook; return the exit code."""
+    from tlutils.course.site import build_site as build
+
+    try:
+        seconds = build(out)
+    except RuntimeError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"site built in {seconds:.1f} s: open {out}/index.html")
+    return 0
+
+
 def main(argv: list[str] | None = None, catalogue=None) -> int:
     """The command line: ``assets`` lists where every asset resolves from, ``prepare`` builds them."""
     parser = argparse.ArgumentParser(prog="python -m tlutils", description=__doc__)
@@ -161,6 +194,11 @@ def main(argv: list[str] | None = None, catalogue=None) -> int:
     prep.add_argument("names", nargs="*", help="only these assets (default: every offline-capable one)")
     tidy = commands.add_parser("tidy", help="make the progress bars of executed notebooks show their last state")
     tidy.add_argument("notebooks", nargs="+", help="the .ipynb files to tidy in place")
+    student = commands.add_parser("student", help="write student copies: solutions replaced by stubs")
+    student.add_argument("out", help="the folder for the copies (for example build/student)")
+    student.add_argument("notebooks", nargs="*", help="only these .ipynb files (default: every notebook)")
+    site = commands.add_parser("site", help="build the course's static web site from the executed notebooks")
+    site.add_argument("out", nargs="?", default="build/site", help="the HTML folder (default: build/site)")
     from tlutils.course import finetune_job
 
     finetune_job.build_parser(commands.add_parser("finetune", help="fine-tune the sentiment classifier; runs under "
@@ -169,6 +207,10 @@ def main(argv: list[str] | None = None, catalogue=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "tidy":
         return tidy_notebooks(args.notebooks)
+    if args.command == "student":
+        return write_student_copies(args.out, args.notebooks)
+    if args.command == "site":
+        return build_site(args.out)
     if args.command == "finetune":
         finetune_job.run(args)
         return 0
