@@ -1,8 +1,8 @@
-"""Plots of notebook 03: the lambda sweep of the joint objective."""
+"""Helpers of notebook 03: the lambda sweep plot and the penalty arms of section 6."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 
 def plot_lambda_sweep(lambdas: Sequence[float], source_accuracy: Sequence[float],
@@ -34,3 +34,39 @@ def plot_lambda_sweep(lambdas: Sequence[float], source_accuracy: Sequence[float]
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def penalty_arm(fine_tune: Callable, penalty: str, alphas: Sequence[float], log: list | None = None) -> Callable:
+    """An arm for :func:`~tlutils.core.compare.compare`: fine-tune with one penalty, alpha chosen on validation.
+
+    For the trial's seed, ``fine_tune(penalty, alpha, seed) -> (model, start, history)`` runs once per
+    alpha; :func:`~tlutils.core.compare.best_on_validation` keeps the model with the highest final
+    validation accuracy (``history.last("val_accuracy")``), records ``choice["alpha"]`` and counts
+    the steps of every run against the budget. The test split is never touched here.
+
+    Args:
+        fine_tune: The notebook's fine-tuning function; ``start`` holds the pre-trained weights w0.
+        penalty: ``"none"``, ``"l2"`` (weight decay) or ``"l2_sp"``.
+        alphas: The strengths to try (``[0.0]`` for ``"none"``).
+        log: If given, one row per run is appended: penalty, alpha, seed, ``body_distance``
+            (``||w_body - w0||``, the classifier left out) and ``val_accuracy``.
+
+    Returns:
+        ``arm(trial) -> Outcome``.
+    """
+    from tlutils.core.compare import Outcome, best_on_validation
+    from tlutils.topics.regularizers import total_weight_distance
+
+    def arm(trial):
+        def run(alpha):
+            model, start, history = fine_tune(penalty, alpha, trial.seed)
+            val = float(history.last("val_accuracy"))
+            if log is not None:
+                log.append({"penalty": penalty, "alpha": alpha, "seed": trial.seed, "val_accuracy": val,
+                            "body_distance": float(total_weight_distance(model, start, ["classifier"]))})
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            return Outcome(model, val=val, steps=int(history.steps), trainable_params=trainable)
+
+        return best_on_validation(list(alphas), run, name="alpha")
+
+    return arm

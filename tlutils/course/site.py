@@ -87,10 +87,32 @@ def static_widget_outputs(notebook: dict) -> int:
     return replaced
 
 
+_LAB_LINK = re.compile(r"\(([0-9A-Za-z_]+)\.ipynb#([^)\s]+)\)")
+
+
+def _site_link(match: re.Match) -> str:
+    """A JupyterLab heading link ``(NB.ipynb#3.1-Feature-extraction)`` as the site's ``(NB.html#slug)``."""
+    from tlutils.course.question_bank import BankError, notebook_headings
+
+    try:
+        headings = notebook_headings(match.group(1))
+    except BankError:
+        return match.group(0)
+    slugs = {heading.replace(" ", "-").replace("`", ""): heading_anchor(heading) for heading in headings}
+    anchor = slugs.get(match.group(2))
+    return match.group(0) if anchor is None else f"({match.group(1)}.html#{anchor})"
+
+
 def prepare_notebook(notebook: dict) -> dict:
-    """The site's copy of a notebook: static widget fallbacks, solution cells collapsed (``hide-input``)."""
+    """The site's copy of a notebook: static widget fallbacks, solution cells collapsed (``hide-input``),
+    and the heading links of generated Markdown outputs (the interview hub's evidence) pointing at pages."""
     static_widget_outputs(notebook)
     for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []):
+            markdown = output.get("data", {}).get("text/markdown")
+            if markdown is not None:
+                text = "".join(markdown) if isinstance(markdown, list) else markdown
+                output["data"]["text/markdown"] = _LAB_LINK.sub(_site_link, text)
         tags = cell.get("metadata", {}).get("tags", [])
         if "solution" in tags and "hide-input" not in tags:
             cell["metadata"]["tags"] = [*tags, "hide-input"]
