@@ -23,17 +23,16 @@ from pathlib import Path
 from tlutils.core.io import atomic_file
 from tlutils.core.paths import project_root
 from tlutils.core.results import format_value, load_headlines, quote
+from tlutils.course.curriculum import NOTEBOOKS
 from tlutils.course.question_bank import (
     DIFFICULTIES, TOPICS, Question, evidence_link, numeric_answer, question_text, render)
 
 #: A topic whose mean score in a mock interview is below this is listed to revisit.
 REVISIT_BELOW = 0.7
 
-#: The notebooks whose headlines the cheat sheet quotes, in course order.
-COURSE_NOTEBOOKS = ("01_fundamentals", "02_pretrained_models", "03_mathematics", "04_finetuning_strategies",
-                    "05_vision_classification", "06_vision_detection_segmentation", "07_nlp_bert", "08_nlp_gpt",
-                    "09_speech", "10_applications", "11_scratch_vs_transfer", "12_challenges", "12b_cost_and_bias",
-                    "14_from_course_to_work")
+#: The notebooks whose headlines the cheat sheet quotes, in course order (the map, less the tour and the hub).
+COURSE_NOTEBOOKS = tuple(name.removesuffix(".ipynb") for name, _section, _topic in NOTEBOOKS
+                         if name not in ("00_setup_and_tour.ipynb", "13_interview_prep.ipynb"))
 
 
 @dataclass(frozen=True)
