@@ -559,3 +559,188 @@ def plot_learning_curves(results: Mapping[int, CreditResult], arms: Sequence[str
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- financial news: is this article business news?
+#: The BBC News topic that counts as financial news; the other four topics are the negatives.
+BUSINESS_TOPIC = "business"
+NEWS_ARMS = ("TF-IDF + logistic regression", "MiniLM + linear probe")
+
+
+def business_labels(labels: Sequence[int], class_names: Sequence[str], topic: str = BUSINESS_TOPIC) -> np.ndarray:
+    """``1`` for articles of ``topic`` (default ``"business"``), ``0`` for every other topic.
+
+    Raises:
+        ValueError: ``topic`` is not one of ``class_names``, or a label is outside them.
+    """
+    names = list(class_names)
+    if topic not in names:
+        raise ValueError(f"topic {topic!r} is not among the class names {names}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0 or labels.min() < 0 or labels.max() >= len(names):
+        raise ValueError(f"labels must be a non-empty 1-d array of class indices 0..{len(names) - 1}")
+    return (labels == names.index(topic)).astype(np.int64)
+
+
+def duplicate_texts(texts: Sequence[str]) -> np.ndarray:
+    """Indices of texts that repeat an earlier text exactly (after stripping whitespace at both ends)."""
+    seen, repeats = set(), []
+    for i, text in enumerate(texts):
+        key = str(text).strip()
+        if key in seen:
+            repeats.append(i)
+        seen.add(key)
+    return np.array(repeats, dtype=np.int64)
+
+
+def precision_at_recall(scores: np.ndarray, positive: np.ndarray, recall: float = 0.9) -> float:
+    """Precision of the shortest top-scored list that catches ``recall`` of the positives.
+
+    Flag articles from the highest score down until the share ``recall`` of the positives is
+    flagged; the precision is the positive share of that list (higher is better).
+
+    Example:
+        >>> precision_at_recall(np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0]), 1.0)
+        0.6666666666666666
+    """
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive)
+    if scores.shape != positive.shape or scores.ndim != 1 or positive.sum() == 0:
+        raise ValueError("scores and positive must be 1-d arrays of one length with at least one positive")
+    if not 0 < recall <= 1:
+        raise ValueError(f"recall must be in (0, 1], got {recall}")
+    hits = np.cumsum(positive[np.argsort(-scores, kind="stable")])
+    k = int(np.searchsorted(hits, np.ceil(recall * positive.sum() - 1e-9))) + 1
+    return float(hits[k - 1] / k)
+
+
+def news_splits(positive: np.ndarray, seed: int, n_labelled: int, n_val: int = 100,
+                n_test: int = 1000) -> dict[str, np.ndarray]:
+    """Stratified ``test``, ``val`` and labelled ``train`` indices of one seed.
+
+    The test and validation splits depend on the seed only; ``train`` is a stratified prefix
+    of the remaining pool, so larger label budgets contain the smaller ones.
+
+    Raises:
+        ValueError: The sizes do not fit, or a labelled set would have fewer than 2 articles of a class.
+    """
+    positive = np.asarray(positive)
+    n_pool = len(positive) - n_val - n_test
+    if min(n_labelled, n_val, n_test) < 10 or n_labelled > n_pool:
+        raise ValueError(f"need n_labelled, n_val, n_test >= 10 and n_labelled <= {n_pool} (the pool left after "
+                         f"validation and test), got {n_labelled}, {n_val}, {n_test}")
+    order = _stratified_order(positive, seed)
+    test, val, pool = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    train = pool[_stratified_order(positive[pool], seed + 10_000)][:n_labelled]
+    if min(positive[train].sum(), (1 - positive[train]).sum()) < 2:
+        raise ValueError(f"{n_labelled} labelled articles hold fewer than 2 of a class; raise n_labelled")
+    return {"train": train, "val": val, "test": test}
+
+
+def news_arms(texts: Sequence[str], embeddings: np.ndarray, positive: np.ndarray, n_labelled: int, *,
+              cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0), n_val: int = 100,
+              n_test: int = 1000) -> dict[str, Callable[[Trial], Outcome]]:
+    """The two arms of the financial-news comparison, for :func:`~tlutils.core.compare.compare`.
+
+    Each arm draws the splits of ``trial.seed`` (:func:`news_splits`), picks the logistic
+    regression's ``C`` on validation ROC-AUC and returns a predictor giving
+    ``(test scores, test labels)``.
+
+    - ``TF-IDF + logistic regression`` - word and word-pair TF-IDF fitted on the labelled articles
+      (the no-transfer baseline).
+    - ``MiniLM + linear probe`` - a logistic regression on the frozen encoder's article embeddings.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts, embeddings, positive = list(texts), np.asarray(embeddings, dtype=float), np.asarray(positive)
+    if not (len(texts) == len(embeddings) == len(positive)) or embeddings.ndim != 2:
+        raise ValueError(f"need one text, one embedding row and one label per article, got {len(texts)}, "
+                         f"{embeddings.shape} and {len(positive)}")
+    if not cs:
+        raise ValueError("cs needs at least one value")
+
+    def fitted(inputs: Callable[[np.ndarray], np.ndarray], split: dict) -> Outcome:
+        x = {name: inputs(rows) for name, rows in split.items()}
+
+        def run(C: float) -> Outcome:
+            model = _logistic(x["train"], positive[split["train"]], C)
+            val = roc_auc(model.decision_function(x["val"]), positive[split["val"]])
+            return Outcome(lambda: (model.decision_function(x["test"]), positive[split["test"]]), val=val,
+                           steps=1, trainable_params=int(model.coef_.size + 1))  # one solver fit per C
+        return best_on_validation(cs, run, name="C")
+
+    def tfidf(trial: Trial) -> Outcome:
+        split = news_splits(positive, trial.seed, n_labelled, n_val, n_test)
+        vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+        vectorizer.fit([texts[i] for i in split["train"]])
+        return fitted(lambda rows: vectorizer.transform([texts[i] for i in rows]), split)
+
+    def probe(trial: Trial) -> Outcome:
+        split = news_splits(positive, trial.seed, n_labelled, n_val, n_test)
+        return fitted(lambda rows: embeddings[rows], split)
+
+    return dict(zip(NEWS_ARMS, (tfidf, probe)))
+
+
+@dataclass
+class NewsResult:
+    """One label budget: ROC-AUC and precision at a fixed recall (both higher is better), and the test scores."""
+
+    auc: Comparison
+    precision: Comparison
+    n_labelled: int
+    recall: float
+    test_scores: dict = field(repr=False, default_factory=dict)
+
+
+def run_news_comparison(texts: Sequence[str], embeddings: np.ndarray, positive: np.ndarray, *,
+                        seeds: Sequence[int], n_labelled: int, recall: float = 0.9, progress: bool = True,
+                        **arm_options) -> NewsResult:
+    """Run :func:`news_arms` through the protocol and score ROC-AUC and precision at ``recall``.
+
+    Both metrics come from the protocol's single scoring of each arm's test split; the precision
+    comparison's ``val`` column holds the validation ROC-AUC. The budget is one solver fit per ``C``
+    for both arms. ``arm_options``: ``cs``, ``n_val``, ``n_test``.
+    """
+    recorded, cs = {}, arm_options.get("cs", (0.1, 1.0, 10.0, 100.0))
+
+    def score_test(outcome: Outcome) -> float:
+        scores, labels = outcome.predictor()
+        recorded[len(recorded)] = (scores, labels)
+        return roc_auc(scores, labels)
+
+    result = compare(news_arms(texts, embeddings, positive, n_labelled, **arm_options), seeds=seeds,
+                     budget=Budget(steps=len(cs)), score_test=score_test, metric="ROC-AUC", progress=progress)
+    table = result.table.copy()
+    pairs = [recorded[i] for i in range(len(table))]
+    table["test"] = [precision_at_recall(s, y, recall) for s, y in pairs]
+    scores = {(arm, seed): pair for arm, seed, pair in zip(table["arm"], table["seed"], pairs)}
+    precision = Comparison(table, metric=f"precision at {recall:.0%} recall", budget=result.budget)
+    return NewsResult(result, precision, n_labelled, recall, scores)
+
+
+def plot_news_budgets(results: Mapping[int, NewsResult], title: str = ""):
+    """Test ROC-AUC and precision at the fixed recall (mean +- SE over seeds) against the label budget.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if not results:
+        raise ValueError("plot_news_budgets needs at least one result")
+    sizes = sorted(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("auc", "precision")):
+        for arm in NEWS_ARMS:
+            rows = [getattr(results[n], metric).summary().loc[arm] for n in sizes]
+            ax.errorbar(sizes, [r["test_mean"] for r in rows], yerr=[r["test_se"] for r in rows], marker="o",
+                        capsize=3, label=arm)
+        ax.set(xscale="log", xlabel="labelled training articles (log scale)",
+               ylabel="test ROC-AUC" if metric == "auc" else f"test precision at {results[sizes[0]].recall:.0%} recall")
+        ax.minorticks_off()
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
