@@ -248,3 +248,64 @@ def test_outputs_match_opencvs_darknet_reader(coco_model, darknet_weights, photo
         assert np.abs(ours[:, :5] - theirs[:, :5]).max() < 1e-3
         shown = theirs[:, 5:] > 0  # OpenCV zeroes class scores of 0.2 and under
         assert shown.any() and np.abs(ours[:, 5:][shown] - theirs[:, 5:][shown]).max() < 1e-3
+
+
+# --- fine-tuning: one-class head, target assignment, the YOLOv3 loss -----------------------
+
+from tlutils.core.yolo import ANCHORS, adapt_to_classes, assign_targets, yolo_loss, yolo_step  # noqa: E402
+
+
+def test_adapt_to_one_class_keeps_box_and_objectness_rows():
+    torch.manual_seed(0)
+    model = YOLOv3Tiny(num_classes=80)
+    before = model.head_small[-1].weight.detach().clone()
+    adapt_to_classes(model, ["tree"])
+    after = model.head_small[-1].weight
+    assert after.shape[0] == 3 * 6 and model.class_names == ["tree"]
+    for a in range(3):
+        assert torch.equal(after[a * 6:a * 6 + 5], before[a * 85:a * 85 + 5])
+        assert torch.count_nonzero(after[a * 6 + 5]) == 0
+
+
+def test_assign_targets_puts_a_hand_built_box_in_its_cell_and_anchor():
+    # a 23 x 27 box (exactly anchor 1, the small head's second) centred at (100, 60) on a 256 x 256 input
+    box = np.array([[100 - 11.5, 60 - 13.5, 100 + 11.5, 60 + 13.5]])
+    large, small = assign_targets([np.zeros((0, 4)), box], [(8, 8), (16, 16)], (256, 256))
+    assert len(large["image"]) == 0 and len(small["image"]) == 1
+    assert (small["image"].item(), small["anchor"].item()) == (1, 1)
+    assert (small["row"].item(), small["col"].item()) == (60 // 16, 100 // 16)
+    assert torch.allclose(small["txy"][0], torch.tensor([100 / 16 - 6, 60 / 16 - 3]))
+    assert torch.allclose(small["twh"][0], torch.zeros(2), atol=1e-6)
+    # a big box goes to the coarse head, anchor (135, 169) is index 1 there
+    big = np.array([[10.0, 10.0, 145.0, 179.0]])
+    large, small = assign_targets([big], [(8, 8), (16, 16)], (256, 256))
+    assert len(small["image"]) == 0 and large["anchor"].item() == ANCHORS.index((135, 169)) - 3
+
+
+def test_yolo_loss_is_finite_and_falls_on_one_batch():
+    torch.manual_seed(0)
+    model = adapt_to_classes(YOLOv3Tiny(num_classes=80), ["tree"])
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    batch = [(images[0], np.array([[5.0, 5.0, 30.0, 28.0]])), (images[1], np.array([[20.0, 30.0, 50.0, 60.0]]))]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss = yolo_step(model.train(), batch, torch.device("cpu"))
+        assert torch.isfinite(loss.total) and set(loss.parts) == {"box", "objectness", "class"}
+        optimizer.zero_grad()
+        loss.total.backward()
+        optimizer.step()
+        losses.append(loss.total.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_yolo_loss_refuses_bad_boxes():
+    model = adapt_to_classes(YOLOv3Tiny(num_classes=80), ["tree"])
+    raw = model.raw_outputs(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="K x 4"):
+        yolo_loss(raw, [np.zeros((2, 3))], (64, 64))
+    with pytest.raises(ValueError, match="x0 < x1"):
+        yolo_loss(raw, [np.array([[10.0, 10.0, 5.0, 20.0]])], (64, 64))
+    with pytest.raises(ValueError, match="box arrays"):
+        yolo_loss(raw, [np.zeros((0, 4))] * 2, (64, 64))

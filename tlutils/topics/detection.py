@@ -178,3 +178,131 @@ def predict_boxes(model: nn.Module, images: Sequence[np.ndarray], device: torch.
         inputs, _ = _detection_batch(images[first:first + batch_size], None, device)
         results += [{k: v.cpu().numpy() for k, v in out.items()} for out in model(inputs)]
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# A one-stage detector on the same task: YOLOv3-tiny, output convolutions retrained for one class
+
+
+class _FlipChoices(DetectionBatches):
+    """The batches of :class:`DetectionBatches` (same order, same flips for a seed) as ``(index, h, v)``."""
+
+    def __iter__(self):
+        order = self.rng.permutation(len(self.images))
+        for first in range(0, len(order), self.batch_size):
+            yield [(int(i), *((self.rng.random() < 0.5, self.rng.random() < 0.5) if self.flip else (False, False)))
+                   for i in order[first:first + self.batch_size]]
+
+
+def _flipped(image: np.ndarray, boxes: np.ndarray, horizontal: bool, vertical: bool):
+    height, width = image.shape[:2]
+    boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    if horizontal:
+        image, boxes[:, [0, 2]] = image[:, ::-1], width - boxes[:, [2, 0]]
+    if vertical:
+        image, boxes[:, [1, 3]] = image[::-1], height - boxes[:, [3, 1]]
+    return np.ascontiguousarray(image), boxes
+
+
+@torch.no_grad()
+def yolo_head_features(model: nn.Module, images: Sequence[np.ndarray], device: torch.device | None = None,
+                       batch_size: int = 16) -> list[list[torch.Tensor]]:
+    """The frozen part of a YOLOv3-tiny run once: per image, the two maps its output convolutions read.
+
+    Images are used at their own size (a multiple of 32), scaled to [0, 1] as Darknet does.
+    """
+    from tlutils.core.runtime import get_device
+
+    device = device or get_device()
+    model.to(device).eval()
+    out = []
+    for first in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.stack(images[first:first + batch_size])).permute(0, 3, 1, 2).float().div(255)
+        large, small = model.head_features(x.to(device))
+        out += [[large[i].cpu(), small[i].cpu()] for i in range(len(large))]
+    return out
+
+
+class YOLOFeatureBatches:
+    """Batches of cached head features and boxes, in the order and with the flips of :class:`DetectionBatches`.
+
+    The four flips of each image go through the frozen network once (:func:`yolo_head_features`);
+    every batch then only needs the output convolutions. Items are ``((maps, (h, w)), boxes)``,
+    which :func:`tlutils.core.yolo.yolo_step` understands.
+    """
+
+    def __init__(self, model: nn.Module, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], batch_size: int = 4,
+                 seed: int = 0, flip: bool = True, device: torch.device | None = None, cache: dict | None = None):
+        self.choices = _FlipChoices(images, boxes, batch_size, seed=seed, flip=flip)
+        self.size = tuple(images[0].shape[:2])
+        flips = [(h, v) for h in (False, True) for v in (False, True)] if flip else [(False, False)]
+        self.cache = cache if cache is not None else {}
+        missing = [(i, h, v) for i in range(len(images)) for h, v in flips if (i, h, v) not in self.cache]
+        pairs = [_flipped(images[i], boxes[i], h, v) for i, h, v in missing]
+        maps = yolo_head_features(model, [image for image, _ in pairs], device) if pairs else []
+        for key, (_, flipped_boxes), features in zip(missing, pairs, maps):
+            self.cache[key] = (features, flipped_boxes)
+
+    def __len__(self) -> int:
+        return len(self.choices)
+
+    def __iter__(self):
+        for batch in self.choices:
+            yield [((self.cache[key][0], self.size), self.cache[key][1]) for key in batch]
+
+
+def train_yolo_heads(model: nn.Module, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], *,
+                     epochs: int = 3, lr: float = 1e-3, batch_size: int = 4, device: torch.device | None = None,
+                     seed: int = 0, flip: bool = True, cache: dict | None = None, progress: bool = True) -> History:
+    """Fine-tune the two output convolutions of a YOLOv3-tiny (everything else frozen), through ``fit``.
+
+    The same recipe as :func:`train_detector` (AdamW, weight decay 1e-4, cosine schedule, the same
+    batches and flips for a seed), with :func:`tlutils.core.yolo.yolo_step` on cached features
+    (:class:`YOLOFeatureBatches`): the frozen network runs once per image and flip, not once per step.
+
+    Args:
+        model: A :class:`~tlutils.core.yolo.YOLOv3Tiny` adapted with
+            :func:`~tlutils.core.yolo.adapt_to_classes`; this function freezes all but its output convolutions.
+        images, boxes: As for :func:`train_detector`; image sides must be multiples of 32.
+        cache: A dict to keep the features in, to reuse them across runs of the same frozen model.
+
+    Returns:
+        The :class:`~tlutils.core.train.History`.
+    """
+    from tlutils.core.surgery import freeze, unfreeze
+    from tlutils.core.yolo import yolo_step
+
+    if any(side % 32 for side in images[0].shape[:2]):
+        raise ValueError(f"YOLOv3-tiny needs image sides that are multiples of 32, got {images[0].shape[:2]}")
+    freeze(model)
+    unfreeze(model, ["head_large.1", "head_small.1"])
+    batches = YOLOFeatureBatches(model, images, boxes, batch_size, seed=seed, flip=flip, device=device, cache=cache)
+    return fit(model, batches, epochs=epochs, lr=lr, weight_decay=1e-4, scheduler="cosine", step=yolo_step,
+               device=device, seed=seed, progress=progress, desc="training YOLO")
+
+
+@torch.no_grad()
+def predict_yolo(model: nn.Module, images: Sequence[np.ndarray], device: torch.device | None = None,
+                 features: list | None = None, score_threshold: float = 0.001, iou_threshold: float = 0.45,
+                 max_detections: int = 100) -> list[dict]:
+    """Boxes of a YOLOv3-tiny on images used at their own size, in the format of :func:`predict_boxes`.
+
+    Args:
+        features: The images' :func:`yolo_head_features`, when cached (the frozen part unchanged).
+        score_threshold: Keep boxes above this objectness x class probability (low, for AP).
+        max_detections: Most boxes kept per image (as the Faster R-CNN's ``detections_per_image``).
+    """
+    from tlutils.core.runtime import get_device
+    from tlutils.core.yolo import ANCHORS, HEAD_ANCHORS, Letterbox, decode_head, postprocess
+
+    device = device or get_device()
+    model.to(device).eval()
+    features = features if features is not None else yolo_head_features(model, images, device)
+    results = []
+    for image, maps in zip(images, features):
+        size = tuple(image.shape[:2])
+        raw = model.outputs_from([m[None].to(device) for m in maps])
+        rows = torch.cat([decode_head(r, [ANCHORS[a] for a in group], size) for r, group in zip(raw, HEAD_ANCHORS)], 1)
+        found = postprocess(rows[0].float().cpu(), Letterbox(1.0, 1.0, 0, 0), size, score_threshold, iou_threshold)
+        results.append({key: value[:max_detections] for key, value in found.items()})
+    return results
