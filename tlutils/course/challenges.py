@@ -587,3 +587,121 @@ def mitigation_arms(pooled: torch.Tensor, labels: torch.Tensor, groups, pools: d
         return Outcome(head, val=val_score, steps=history.steps, trainable_params=trainable_parameter_count(head))
 
     return {"no mitigation": lambda trial: run(trial, False), "group-balanced sampling": lambda trial: run(trial, True)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Notebook 12, section 4b: a language model forgets general text; two tasks learnt in sequence.
+# ---------------------------------------------------------------------------------------------------------
+
+def decoder_windows(lower: nn.Module, ids: torch.Tensor, cache_name: str, fingerprint: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(residual streams N x T x d, ids N x T)`` of token windows, the frozen lower decoder cached on disk."""
+    loader = DataLoader(TensorDataset(ids, ids[:, 0]), batch_size=16)
+    flat, _ = extract_features(lower, loader, cache_name=cache_name, fingerprint=f"{fingerprint} block={lower.block}",
+                               progress=False)
+    return flat.view(ids.shape[0], ids.shape[1], -1), ids
+
+
+def lm_forgetting_arms(model: nn.Module, block: int, train: Split, val: Split, general_test: Split, retained: dict,
+                       lrs: dict, batch_size: int = 4, lora_rank: int = 8, chosen: dict | None = None) -> dict:
+    """The arms of the language-model forgetting comparison, on cached residual streams (:func:`decoder_windows`).
+
+    ``"no fine-tuning"`` is the original model; ``"last blocks (full)"`` trains every weight of the decoder layers
+    from ``block`` on; ``"LoRA on the last blocks"`` trains LoRA adapters (rank ``lora_rank``) on the same layers.
+    Each trained arm tries the rates ``lrs[arm]`` on the first seed, keeps the one with the best narrow-text
+    validation log-likelihood (stored in ``chosen``) and reuses it on later seeds. Every arm records
+    ``retained[(arm, seed)]``, the log-likelihood per token of ``general_test`` (never used for a choice).
+    """
+    from tlutils.core.compare import best_on_validation
+    from tlutils.topics.forgetting import UpperDecoder, causal_window_step, lora_upper, window_log_likelihood
+
+    chosen = {} if chosen is None else chosen
+
+    def finish(name: str, trial: Trial, upper: nn.Module, steps: int, choice: dict) -> Outcome:
+        return Outcome(upper, val=window_log_likelihood(upper, *val), steps=steps,
+                       trainable_params=trainable_parameter_count(upper), choice=choice)
+
+    def trained(trial: Trial, name: str, lora: bool) -> Outcome:
+        def run(lr: float) -> Outcome:
+            upper = UpperDecoder(model, block)
+            if lora:
+                upper = lora_upper(upper, r=lora_rank, alpha=2 * lora_rank, seed=trial.seed)
+            history = fit(upper, trial.loader(TensorDataset(*train), batch_size), epochs=1,
+                          max_steps=trial.budget.steps // len(lrs[name]), lr=lr, step=causal_window_step(),
+                          device=torch.device("cpu"), progress=False, monitor=None)
+            return finish(name, trial, upper, history.steps, {})
+
+        options = [chosen[name]] if name in chosen else list(lrs[name])
+        result = best_on_validation(options, run, name="lr")
+        chosen.setdefault(name, result.choice["lr"])
+        retained[(name, trial.seed)] = window_log_likelihood(result.predictor, *general_test)
+        return result
+
+    def original(trial: Trial) -> Outcome:
+        upper = UpperDecoder(model, block).requires_grad_(False)
+        retained[("no fine-tuning", trial.seed)] = window_log_likelihood(upper, *general_test)
+        return finish("no fine-tuning", trial, upper, 0, {})
+
+    return {"no fine-tuning": original,
+            "last blocks (full)": lambda t: trained(t, "last blocks (full)", lora=False),
+            "LoRA on the last blocks": lambda t: trained(t, "LoRA on the last blocks", lora=True)}
+
+
+def sequence_arms(top: nn.Module, task_a: Split, task_a_test: Split, task_b: Split, task_b_val: Split,
+                  retained: dict, lr: float = 1e-3, batch_size: int = 32, ewc: float = 1000.0,
+                  replay_per_class: int = 5, fisher_examples: int = 200) -> dict:
+    """Two tasks learnt in sequence on one body: task A (its own head, ``"source"``), then task B (``"target"``).
+
+    Per seed, task A is learnt once (the trial's step budget, BatchNorm statistics kept) and every arm starts
+    task B from that same model, for the same budget: ``"plain (A then B)"``; ``"EWC"`` (Fisher of the A head's
+    own predictions on ``fisher_examples`` A training inputs); ``"replay (k/class of A)"`` (each B batch
+    joined by a batch of ``k`` stored A examples per class, :func:`~tlutils.topics.forgetting.replay_step`);
+    ``"body frozen for B"`` (only the B head trains). Each records ``retained[(arm, seed)]``, the accuracy of
+    the A head on ``task_a_test`` after B, and ``retained[("after A (before B)", seed)]`` is the same
+    accuracy before B. The outcome is scored on task B (``task_b_val`` here, the test by the protocol).
+    """
+    import copy
+
+    from tlutils.topics.forgetting import ewc_penalty, fisher_diagonal, penalty_step, replay_step
+    from tlutils.topics.regularizers import JointBatches
+
+    learnt: dict = {}
+
+    def after_a(trial: Trial):
+        if trial.seed not in learnt:
+            with seeded(trial.seed):
+                head_a = nn.Linear(1280, int(task_a[1].max()) + 1)
+            model = two_head_model(top, head_a, int(task_b[1].max()) + 1, trial.seed)
+            model.heads["source"].requires_grad_(True)
+            with seeded(trial.seed):
+                train_steps(trial, nn.Sequential(model.shared, model.heads["source"]), TensorDataset(*task_a),
+                            lr=lr, batch_size=batch_size)
+            retained[("after A (before B)", trial.seed)] = accuracy_of(nn.Sequential(model.shared, model.heads["source"]),
+                                                                       *task_a_test)
+            shared = {n: p for n, p in model.named_parameters() if n.startswith("shared.")}
+            inputs = task_a[0][torch.randperm(len(task_a[1]), generator=torch.Generator().manual_seed(trial.seed))[:fisher_examples]]
+            fisher = fisher_diagonal(lambda x: model(x, "source"), DataLoader(TensorDataset(inputs, inputs[:, 0, 0, 0]), batch_size=64),
+                                     shared, torch.device("cpu"))
+            learnt[trial.seed] = (model, {n: p.detach().clone() for n, p in model.named_parameters()}, fisher)
+        model, start, fisher = learnt[trial.seed]
+        return copy.deepcopy(model), start, fisher
+
+    def run(trial: Trial, name: str, kind: str) -> Outcome:
+        model, start, fisher = after_a(trial)
+        model.heads["source"].requires_grad_(False)
+        step, loader = None, None
+        if kind == "ewc":
+            step = penalty_step(lambda: ewc_penalty(model, start, fisher, strength=ewc))
+        elif kind == "replay":
+            buffer = _subset(task_a, replay_per_class, trial.seed)
+            loader = JointBatches(trial.loader(TensorDataset(*task_b), batch_size),
+                                  trial.loader(TensorDataset(*buffer), min(batch_size, len(buffer[1]))))
+            step = replay_step(1.0)
+        elif kind == "frozen":
+            model.shared.requires_grad_(False)
+        history = train_steps(trial, model, TensorDataset(*task_b), lr=lr, step=step, batch_size=batch_size, loader=loader)
+        retained[(name, trial.seed)] = accuracy_of(nn.Sequential(model.shared, model.heads["source"]), *task_a_test)
+        return outcome(model, history, task_b_val)
+
+    kinds = {"plain (A then B)": "plain", "EWC": "ewc", f"replay ({replay_per_class}/class of A)": "replay",
+             "body frozen for B": "frozen"}
+    return {name: (lambda t, name=name, kind=kind: run(t, name, kind)) for name, kind in kinds.items()}

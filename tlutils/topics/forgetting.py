@@ -8,6 +8,10 @@
 * :func:`distillation_loss` and :func:`lwf_step` give Learning without Forgetting (Li and Hoiem,
   2016): the source head keeps reproducing its recorded outputs on the *target* inputs.
 * :func:`penalty_step` adds any penalty (EWC, L2-SP) to the default cross-entropy step.
+* :class:`LowerDecoder` and :class:`UpperDecoder` split a Llama causal LM (SmolLM2) at a decoder layer,
+  so the lower part runs once (cached) and only the last blocks train; :func:`window_log_likelihood`
+  scores text through them (perplexity = ``exp(-value)``), :func:`lora_upper` puts LoRA on the last blocks.
+* :func:`replay_step` rehearses a few stored examples of an old task while a new one is learnt.
 """
 
 from __future__ import annotations
@@ -173,3 +177,148 @@ def record_logits(model: Callable, loader, device: torch.device | None = None) -
     if isinstance(model, nn.Module):
         model.eval().to(device)
     return torch.cat(map_batches(lambda inputs, _: call_model(model, inputs).float().cpu(), loader, device))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A causal language model forgets general text; two classification tasks learnt in sequence.
+# ---------------------------------------------------------------------------------------------------------
+
+def token_windows(tokenizer, texts, length: int, count: int) -> torch.Tensor:
+    """``count x length`` token ids: consecutive windows of the texts joined by newlines (no padding).
+
+    Raises:
+        ValueError: the texts hold fewer than ``count * length`` tokens, or ``length < 2``.
+    """
+    if length < 2 or count < 1:
+        raise ValueError(f"need length >= 2 and count >= 1, got length={length}, count={count}")
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text.strip() + "\n", add_special_tokens=False)["input_ids"])
+        if len(ids) >= length * count:
+            return torch.tensor(ids[: length * count]).view(count, length)
+    raise ValueError(f"the texts hold {len(ids)} tokens, fewer than {count} windows of {length}")
+
+
+def llama_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """``(inner model, decoder layers)`` of a Llama-architecture causal LM, bare or wrapped (peft)."""
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        raise ValueError("expected a Llama-style causal LM (model.model.layers, model.model.rotary_emb), e.g. SmolLM2")
+    return inner, inner.layers
+
+
+class LowerDecoder(nn.Module):
+    """The frozen lower part of a Llama causal LM: token ids -> the residual stream entering layer ``block``
+    (``N x T x d``). Use it as the backbone of :func:`~tlutils.core.features.extract_features` to cache it."""
+
+    def __init__(self, model: nn.Module, block: int):
+        super().__init__()
+        _, layers = llama_parts(model)
+        if not 0 <= block < len(layers):
+            raise ValueError(f"block must be in 0..{len(layers) - 1}, got {block}")
+        self.model, self.block = model.eval().requires_grad_(False), block
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, output_hidden_states=True).hidden_states[self.block].float()
+
+
+class UpperDecoder(nn.Module):
+    """The decoder layers from ``block`` on (the part :class:`LowerDecoder` leaves out), the final norm and the (frozen, shared) output matrix of a
+    Llama causal LM, run on cached residual streams: ``model(hidden) -> N x T x vocabulary`` logits.
+
+    The layers are copies (trainable); the norm is a frozen copy and the output weights a buffer that
+    shares the original's memory, so only the copied layers ever train. Windows have no padding, so
+    attention is plain causal.
+    """
+
+    def __init__(self, model: nn.Module, block: int):
+        super().__init__()
+        import copy
+
+        inner, layers = llama_parts(model)
+        if not 0 <= block < len(layers):
+            raise ValueError(f"block must be in 0..{len(layers) - 1}, got {block}")
+        self.first_block = block
+        self.layers = copy.deepcopy(layers[block:]).requires_grad_(True)
+        self.norm = copy.deepcopy(inner.norm).requires_grad_(False)
+        self.rotary = copy.deepcopy(inner.rotary_emb)
+        self.register_buffer("output_weight", model.get_output_embeddings().weight.detach(), persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
+        rotary = self.rotary(hidden, position_ids=positions)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+        return nn.functional.linear(self.norm(hidden), self.output_weight)
+
+
+@torch.no_grad()
+def window_log_likelihood(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, batch_size: int = 16) -> float:
+    """Mean next-token log-likelihood (nats per token, higher is better) of ``ids`` under an
+    :class:`UpperDecoder` fed the cached ``hidden``; perplexity is ``exp(-value)``."""
+    if hidden.shape[:2] != ids.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} does not match ids {tuple(ids.shape)}")
+    model.eval()
+    total = 0.0
+    for h, y in zip(hidden.split(batch_size), ids.split(batch_size)):
+        logits = model(h)[:, :-1].float()
+        total += float(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1),
+                                                   reduction="sum"))
+    return -total / (ids.shape[0] * (ids.shape[1] - 1))
+
+
+def causal_window_step() -> Step:
+    """A step on ``(hidden, ids)`` batches: next-token cross-entropy of an :class:`UpperDecoder`."""
+    from tlutils.topics.language_models import causal_lm_loss
+
+    def step(model: nn.Module, batch, device: torch.device) -> Loss:
+        hidden, ids = (part.to(device) for part in batch)
+        loss = causal_lm_loss(model(hidden), ids)
+        return Loss(loss, {"task": loss.item()}, len(ids))
+
+    return step
+
+
+def replay_step(weight: float = 1.0, loss_fn: nn.Module | None = None) -> Step:
+    """Rehearsal: the new task's cross-entropy plus ``weight`` x the old task's on a few stored old examples.
+
+    Each batch is ``(new_batch, old_batch)`` (:class:`~tlutils.topics.regularizers.JointBatches` of the new
+    loader and a loader of the replay buffer); the model is a
+    :class:`~tlutils.topics.regularizers.TwoHeadNet` with the old task on ``"source"``, the new on ``"target"``.
+    Logs ``task`` and ``replay``.
+    """
+    _check_strength("weight", weight)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+
+    def step(model: nn.Module, batch, device: torch.device) -> Loss:
+        if not (isinstance(batch, (list, tuple)) and len(batch) == 2):
+            raise ValueError("replay_step needs (new_batch, old_batch) pairs: JointBatches(new_loader, replay_loader)")
+        (new_x, new_y), (old_x, old_y) = (unpack_batch(part, device) for part in batch)
+        task = loss_fn(model(new_x, "target"), new_y)
+        replay = loss_fn(model(old_x, "source"), old_y)
+        return Loss(task + weight * replay, {"task": task.item(), "replay": replay.item()}, len(new_y))
+
+    return step
+
+
+def lora_upper(upper: nn.Module, r: int = 8, alpha: int = 16, seed: int = 0,
+               target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")) -> nn.Module:
+    """LoRA adapters (peft) on the linear layers of an :class:`UpperDecoder`; everything else frozen.
+
+    Each adapted ``W`` becomes ``W + (alpha / r) B A`` with ``B = 0`` at the start, so training starts
+    exactly at the pre-trained model (same maths as :func:`tlutils.topics.peft.add_lora`, which wraps a
+    whole Hugging Face model instead).
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if r < 1:
+        raise ValueError(f"the LoRA rank r must be at least 1, got {r}")
+    upper.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
+                                                    target_modules=list(target_modules)), upper)
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return model
