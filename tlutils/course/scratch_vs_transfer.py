@@ -382,3 +382,165 @@ def mnist_framed(images: np.ndarray, digit_size: int = 20, side: int = 28) -> np
     pad = (side - digit_size) // 2
     framed = nn.functional.pad(resized, (pad, side - digit_size - pad, pad, side - digit_size - pad))
     return framed.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+class TextLowerLayers(nn.Module):
+    """The embeddings and lower layers of a BERT-family encoder: token ids -> the hidden states feeding its top layers.
+
+    A feature extractor for :func:`~tlutils.core.features.extract_features`: every text becomes a
+    ``max_length x (hidden + 1)`` block (the hidden states of layer ``layer`` with the attention
+    mask as the last channel, padded to ``max_length``), so a cache of them can be fed straight to
+    :class:`CachedTopClassifier`, which fine-tunes the layers above.
+
+    Args:
+        encoder: A Hugging Face encoder (``BertModel``), used frozen.
+        layer: How many transformer layers to run (``hidden_states[layer]``; 0 = the embeddings).
+        max_length: Token positions of every block (the tokenizer's truncation length).
+    """
+
+    def __init__(self, encoder: nn.Module, layer: int, max_length: int = 64):
+        super().__init__()
+        depth = encoder.config.num_hidden_layers
+        if not 0 <= layer < depth:
+            raise ValueError(f"layer must be between 0 and {depth - 1} (the encoder has {depth} layers), got {layer}")
+        self.encoder, self.layer, self.max_length = encoder, int(layer), int(max_length)
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+        """Tokenised batch -> ``N x max_length x (hidden + 1)`` states with the mask as the last channel."""
+        if input_ids.shape[1] > self.max_length:
+            raise ValueError(f"the batch has {input_ids.shape[1]} tokens, more than max_length={self.max_length}; "
+                             "tokenise with the same max_length")
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra)
+        states = torch.cat([out.hidden_states[self.layer], attention_mask.unsqueeze(-1).to(out.hidden_states[0].dtype)], -1)
+        return nn.functional.pad(states, (0, 0, 0, self.max_length - states.shape[1]))
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer}, max_length={self.max_length}"  # part of the feature cache's key
+
+
+def text_layer_states(encoder: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], layer: int,
+                      max_length: int = 64, batch_size: int = 64, cache_name: str | None = None,
+                      device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states (and attention mask) of a frozen encoder's lower layers, cached on disk.
+
+    Args:
+        encoder, tokenizer: A Hugging Face encoder and its tokenizer.
+        texts, labels: The texts and their labels.
+        layer: Layers run (see :class:`TextLowerLayers`); the cache holds the input of layer ``layer + 1``.
+        max_length: Truncation length.
+        batch_size: Texts per forward pass.
+        cache_name: File name under ``data/cache/features/``; ``None`` disables the cache.
+        device: Where to run.
+
+    Returns:
+        ``(states, labels)``: ``N x max_length x (hidden + 1)`` floats (mask last) and ``N`` labels.
+    """
+    from tlutils.core.datasets import text_loader
+    from tlutils.core.features import extract_features
+    from tlutils.core.runtime import resolve_device
+
+    lower = TextLowerLayers(encoder, layer, max_length)
+    loader = text_loader(texts, labels, tokenizer, max_length=max_length, batch_size=batch_size)
+    flat, labels = extract_features(lower, loader, cache_name, f"text lower layers|{layer}|{max_length}",
+                                    resolve_device(device), progress=False)
+    return flat.view(len(flat), max_length, encoder.config.hidden_size + 1), labels
+
+
+class WhisperLowerBlocks(nn.Module):
+    """A Whisper encoder without its last ``top`` blocks: log-mels -> the input of the blocks above (for caching).
+
+    Args:
+        encoder: A (truncated) Whisper encoder, used frozen.
+        top: Blocks left above the cut.
+    """
+
+    def __init__(self, encoder: nn.Module, top: int = 1):
+        super().__init__()
+        if not 1 <= top <= len(encoder.layers):
+            raise ValueError(f"top must be between 1 and {len(encoder.layers)} blocks, got {top}")
+        self.encoder, self.top = encoder, int(top)
+
+    @torch.no_grad()
+    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+        """``N x 80 x frames`` -> ``N x positions x d_model`` (the output of block ``layers - top``)."""
+        from tlutils.topics.speech import whisper_hidden_states
+
+        states = whisper_hidden_states(self.encoder.eval(), mels)
+        return states[len(states) - 1 - self.top]
+
+    def extra_repr(self) -> str:
+        return f"top={self.top}"
+
+
+def whisper_block_inputs(encoder: nn.Module, mels: torch.Tensor, labels: Any, top: int = 1, batch_size: int = 32,
+                         cache_name: str | None = None,
+                         device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input of a frozen Whisper encoder's last ``top`` blocks, for every clip, cached on disk.
+
+    Returns:
+        ``(states, labels)``: ``N x positions x d_model`` floats and ``N`` labels.
+    """
+    from tlutils.core.features import extract_features, feature_loader
+    from tlutils.core.runtime import resolve_device
+
+    labels = torch.as_tensor(np.asarray(labels))
+    if mels.dim() != 3 or len(labels) != len(mels):
+        raise ValueError(f"expected N x 80 x frames log-mels and N labels, got {tuple(mels.shape)} and {len(labels)}")
+    lower = WhisperLowerBlocks(encoder, top)
+    positions = encoder.embed_positions.num_embeddings
+    flat, labels = extract_features(lower, feature_loader(mels, labels, batch_size), cache_name,
+                                    f"whisper lower blocks|top={top}|positions={positions}", resolve_device(device),
+                                    progress=False)
+    return flat.view(len(flat), positions, -1), labels
+
+
+class CachedTopClassifier(nn.Module):
+    """The top blocks of a pre-trained encoder, mean pooling and a head, trained on cached inputs to those blocks.
+
+    Fine-tuning the top of a frozen body costs only the blocks above the cut when the activations
+    below it are cached once (:func:`text_layer_states`, :func:`whisper_block_inputs`): each step
+    runs the top blocks alone. With unchanged top blocks the pooled vector equals the frozen
+    encoder's own mean-pooled output, so a fine-tuning run starts from the frozen arm's features.
+
+    Args:
+        blocks: The top blocks (deep-copied, and set trainable).
+        head: Maps the pooled ``N x hidden`` vector to logits (e.g. a ``LinearProbe``).
+        final_norm: A module applied after the blocks (Whisper's encoder ``layer_norm``), copied and trained.
+        masked: The inputs carry the attention mask as their last channel (BERT-style text states):
+            padded positions are ignored by attention and pooling, and each batch is trimmed to
+            its longest text.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], head: nn.Module, final_norm: nn.Module | None = None,
+                 masked: bool = False):
+        import copy
+
+        super().__init__()
+        self.blocks = nn.ModuleList(copy.deepcopy(list(blocks))).requires_grad_(True)
+        self.final_norm = copy.deepcopy(final_norm).requires_grad_(True) if final_norm is not None else nn.Identity()
+        self.head, self.masked = head, bool(masked)
+
+    def pooled(self, states: torch.Tensor) -> torch.Tensor:
+        """``N x T x (hidden [+ 1])`` cached states -> ``N x hidden`` mean-pooled output of the top blocks."""
+        if states.ndim != 3:
+            raise ValueError(f"expected N x positions x channels cached states, got shape {tuple(states.shape)}")
+        mask = None
+        if self.masked:
+            states, mask = states[..., :-1], states[..., -1]
+            longest = max(int(mask.sum(1).max()), 1)
+            states, mask = states[:, :longest], mask[:, :longest]
+            additive = (1.0 - mask)[:, None, None, :] * torch.finfo(states.dtype).min
+        hidden = states
+        for block in self.blocks:
+            out = block(hidden, additive if self.masked else None)
+            hidden = out[0] if isinstance(out, tuple) else out
+        hidden = self.final_norm(hidden)
+        if mask is None:
+            return hidden.mean(1)
+        weights = mask.unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """Cached states -> logits."""
+        return self.head(self.pooled(states))
