@@ -89,3 +89,40 @@ def test_paired_gaps_are_per_seed_and_per_key():
     gaps = paired_gaps({10: first, 40: second}, "a", "b")
     assert gaps.shape == (3, 2)
     assert gaps[10].round(6).tolist() == [0.1, 0.2, 0.3] and gaps[40].round(6).tolist() == [0.5] * 3
+
+
+def test_the_pick_can_use_a_cost_that_does_not_vary_between_runs():
+    result = _comparison(val={"slow": [0.80, 0.82, 0.78], "fast": [0.79, 0.82, 0.78], "bad": [0.5, 0.52, 0.5]},
+                         test={"slow": [0.7] * 3, "fast": [0.7] * 3, "bad": [0.99] * 3},
+                         seconds={"slow": 10.0, "fast": 1.0, "bad": 0.1})
+    assert pick_on_validation(result, cost={"slow": 1.0, "fast": 5.0, "bad": 0.0})["pick"] == "slow"
+    with pytest.raises(ValueError, match="no entry for"):
+        pick_on_validation(result, cost={"slow": 1.0})
+
+
+def test_step_flops_count_depthwise_backward_and_stop_at_the_frozen_body():
+    from torch import nn
+
+    from tlutils.topics.strategies import forward_flops, training_step_flops
+
+    depthwise = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    inputs, targets = torch.randn(2, 4, 6, 6), torch.tensor([0, 2])
+    conv = 2 * 2 * 4 * 6 * 6 * 9              # 2 x output elements x (1 input channel per group x 3 x 3)
+    linear = 2 * 2 * (4 * 6 * 6) * 3
+    assert forward_flops(depthwise, inputs) == conv + linear
+    # forward + conv weight gradient (no input gradient: the input needs none) + both linear gradients
+    assert training_step_flops(depthwise, inputs, targets) == 2 * conv + 3 * linear
+    depthwise[0].requires_grad_(False)        # frozen conv: the backward pass stops at the linear layer
+    assert training_step_flops(depthwise, inputs, targets) == conv + 2 * linear
+    with pytest.raises(ValueError, match="requires a gradient"):
+        training_step_flops(depthwise.requires_grad_(False), inputs, targets)
+
+
+def test_run_flops_adds_the_probe_and_the_extraction():
+    from tlutils.course.strategy_table import run_flops
+
+    step = {"feature extraction": 1, "partial (last 2 blocks)": 10, "full fine-tuning": 30}
+    cost = run_flops(step, steps=4, probe_steps=100, extraction=50)
+    assert cost == {"feature extraction": 150, "partial (last 2 blocks)": 40, "full fine-tuning": 120, "LP-FT": 270}
+    with pytest.raises(ValueError, match="steps must be positive"):
+        run_flops(step, steps=0, probe_steps=1, extraction=0)

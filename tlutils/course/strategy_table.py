@@ -235,11 +235,17 @@ def strategy_table(comparisons: Sequence[Comparison], bench: StrategyBench) -> p
     return table
 
 
-def pick_on_validation(comparison: Comparison, z: float = 2.0) -> dict:
+def pick_on_validation(comparison: Comparison, z: float = 2.0, cost: Mapping[str, float] | None = None) -> dict:
     """The best arm on validation, the arms tied with it, and the cheapest of those.
 
     Tied means a paired (same-seed) validation gap to the best of at most ``z`` standard errors.
     The test split plays no part.
+
+    Args:
+        comparison: The compared arms.
+        z: Standard errors within which a validation gap is a tie.
+        cost: Arm -> its cost (e.g. training FLOPs, which do not vary from run to run); by default
+            the mean measured seconds, which depend on the machine and its load.
 
     Returns:
         ``{"best": arm, "tied": [arms], "pick": arm, "gaps": {arm: (gap, se)}}``.
@@ -247,9 +253,35 @@ def pick_on_validation(comparison: Comparison, z: float = 2.0) -> dict:
     best = comparison.best()
     gaps = {arm: comparison.paired_difference(arm, best, on="val") for arm in comparison.arms}
     tied = [arm for arm, (gap, se) in gaps.items() if arm == best or abs(gap) <= z * se]
-    seconds = comparison.summary()["seconds"]
-    pick = min(tied, key=lambda arm: seconds[arm])
+    costs = comparison.summary()["seconds"] if cost is None else cost
+    missing = [arm for arm in tied if arm not in costs]
+    if missing:
+        raise ValueError(f"cost has no entry for {missing}; give one for every arm of the comparison")
+    pick = min(tied, key=lambda arm: costs[arm])
     return {"best": best, "tied": tied, "pick": pick, "gaps": gaps}
+
+
+def run_flops(step_flops: Mapping[str, int], *, steps: int, probe_steps: int, extraction: float) -> dict:
+    """Training FLOPs of one run of each strategy whose step cost :func:`strategy_step_flops` counted.
+
+    Feature extraction pays one forward pass over the training set (``extraction``) and
+    ``probe_steps`` head steps; partial and full fine-tuning pay ``steps`` steps through the body;
+    LP-FT pays the probe, then the full fine-tuning.
+
+    Args:
+        step_flops: From :func:`~tlutils.topics.strategies.strategy_step_flops`.
+        steps, probe_steps: Optimizer steps through the body, and head steps on cached features.
+        extraction: FLOPs of caching the training set's features.
+
+    Returns:
+        Strategy name -> FLOPs of one run (feature extraction, partial, full fine-tuning, LP-FT).
+    """
+    if steps <= 0 or probe_steps < 0 or extraction < 0:
+        raise ValueError(f"steps must be positive and probe_steps, extraction non-negative; got "
+                         f"steps={steps}, probe_steps={probe_steps}, extraction={extraction}")
+    probe = probe_steps * step_flops["feature extraction"] + extraction
+    costs = {arm: steps * flops for arm, flops in step_flops.items() if arm != "feature extraction"}
+    return {"feature extraction": probe, **costs, "LP-FT": probe + steps * step_flops["full fine-tuning"]}
 
 
 def paired_gaps(comparisons: Mapping[int, Comparison], a: str, b: str, on: str = "test") -> pd.DataFrame:

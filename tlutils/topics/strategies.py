@@ -291,3 +291,79 @@ def linear_probe_then_fine_tune(model: nn.Module, probe_train_loader, probe_val_
                             progress=progress)
     return StrategyRun("LP-FT", probe.stages + [("then all layers", tune.stages[0][1])],
                        max(probe.trainable_params, tune.trainable_params), time.perf_counter() - start)
+
+
+def _convolution_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
+                                _transposed, _output_padding, _groups, output_mask, out_shape=None) -> int:
+    """FLOPs of a convolution's backward pass, grouped (depthwise) convolutions included.
+
+    Each of the two gradients (input, weight) costs what the forward pass costs:
+    2 x output elements x (input channels per group x kernel size). torch's default formula ignores
+    ``groups`` and so overcounts a depthwise convolution's backward by its channel count.
+    """
+    forward = 2 * int(np.prod(grad_out_shape)) * int(np.prod(w_shape[1:]))
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def _flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False,
+                           custom_mapping={torch.ops.aten.convolution_backward: _convolution_backward_flops})
+
+
+def training_step_flops(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+    """Floating-point operations of one training step (forward, cross-entropy, backward).
+
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode` (its convolution-backward formula
+    corrected for grouped convolutions) with the model's current
+    ``requires_grad`` flags, so a frozen body shows up as a shorter backward pass. Unlike
+    seconds, the count does not depend on the machine or on what else runs on it.
+
+    Args:
+        model: The network, with the parameters to train marked ``requires_grad``.
+        inputs, targets: One batch.
+
+    Returns:
+        The FLOPs of the step (the model's gradients are cleared again afterwards).
+    """
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("no parameter of the model requires a gradient: mark what the step trains first")
+    model.zero_grad(set_to_none=True)
+    with _flop_counter() as counter:
+        nn.functional.cross_entropy(model(inputs), targets).backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def strategy_step_flops(make_model, inputs: torch.Tensor, targets: torch.Tensor, partial_blocks: int) -> dict:
+    """Training FLOPs per step of feature extraction, partial and full fine-tuning, on one batch.
+
+    Feature extraction trains the head on cached body features, so its step is the head alone on
+    the pooled features; partial fine-tuning runs the whole forward pass but back-propagates through
+    the top ``partial_blocks`` blocks only; full fine-tuning back-propagates through everything.
+
+    Args:
+        make_model: ``make_model()`` -> a fresh pre-trained model with its target head.
+        inputs, targets: One training batch.
+        partial_blocks: Blocks trained by partial fine-tuning.
+
+    Returns:
+        ``{"feature extraction": flops, f"partial (last {k} blocks)": flops, "full fine-tuning": flops}``.
+    """
+    model = make_model()
+    with torch.no_grad():
+        features = pooled_body(model)(inputs)
+    head = getattr(model, head_name(model))
+    counts = {"feature extraction": training_step_flops(head, features, targets)}
+    counts[f"partial (last {partial_blocks} blocks)"] = training_step_flops(
+        freeze_body_except_last(make_model(), partial_blocks), inputs, targets)
+    counts["full fine-tuning"] = training_step_flops(unfreeze(make_model()), inputs, targets)
+    return counts
+
+
+def forward_flops(model: nn.Module, inputs: torch.Tensor) -> int:
+    """Floating-point operations of one forward pass without gradients (e.g. caching features)."""
+    with torch.no_grad(), _flop_counter() as counter:
+        model(inputs)
+    return int(counter.get_total_flops())
