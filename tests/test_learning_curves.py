@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlutils.core.compare import Outcome
+from tlutils.core.compare import Budget, Outcome, Trial
 from tlutils.core.features import LinearProbe
 from tlutils.course.scratch_vs_transfer import (
     SmallImageCNN,
@@ -104,6 +104,43 @@ def test_train_with_checkpoints_learns_and_keeps_the_best_checkpoint():
     assert evaluate(model, VAL, "cpu")["accuracy"] == pytest.approx(curve["val"].max())
     with pytest.raises(ValueError, match="multiple of checkpoints"):
         train_with_checkpoints(model, subset(2, 0), VAL, steps=10, checkpoints=4, batch_size=8, lr=0.05, seed=0)
+
+
+def test_train_with_checkpoints_takes_an_optimizer_per_run_with_its_own_rates():
+    made = []
+
+    def two_rates(model):
+        made.append(torch.optim.AdamW([{"params": [model.head.weight], "lr": 0.05},
+                                       {"params": [model.head.bias], "lr": 0.0}]))
+        return made[-1]
+
+    model = LinearProbe(torch.zeros(4), torch.ones(4), 3)
+    bias = model.head.bias.detach().clone()
+    model, curve = train_with_checkpoints(model, subset(10, 0), VAL, steps=40, checkpoints=4, batch_size=8, seed=0,
+                                          optimizer=two_rates, device="cpu")
+    assert len(made) == 1 and curve["val"].max() > 0.9
+    assert torch.equal(model.head.bias, bias), "a group at rate 0 must not move"
+    for wrong in ({}, {"lr": 0.05, "optimizer": two_rates}):
+        with pytest.raises(ValueError, match="exactly one of lr"):
+            train_with_checkpoints(model, subset(10, 0), VAL, steps=40, checkpoints=4, batch_size=8, seed=0, **wrong)
+    with pytest.raises(ValueError, match="weight decay inside"):
+        train_with_checkpoints(model, subset(10, 0), VAL, steps=40, checkpoints=4, batch_size=8, seed=0,
+                               optimizer=two_rates, weight_decay=0.01)
+
+
+def test_checkpoint_arm_passes_the_optimizer_to_every_run():
+    calls = []
+
+    def factory(model):
+        calls.append(model)
+        return torch.optim.AdamW(model.parameters(), lr=0.05)
+
+    arm = checkpoint_arm(lambda: LinearProbe(torch.zeros(4), torch.ones(4), 3), subset, "points", VAL,
+                         optimizer=factory, batch_size=8, device="cpu")
+    first = arm(Trial(seed=0, budget=Budget(steps=40)), 5)
+    arm(Trial(seed=1, budget=Budget(steps=40)), 5)
+    assert len(calls) == 2 and calls[0] is not calls[1], "a fresh optimizer for the fresh model of each run"
+    assert first.val > 0.9
 
 
 def test_run_learning_curve_scores_every_split_once_and_builds_paired_comparisons():

@@ -100,3 +100,15 @@ def test_bad_inputs_get_clear_errors():
         WhisperLowerBlocks(_tiny_whisper_encoder(), top=3)
     with pytest.raises(ValueError, match="N x positions x channels"):
         CachedTopClassifier([], torch.nn.Identity()).pooled(torch.zeros(2, 3))
+
+
+def test_param_groups_give_the_head_its_own_rate():
+    bert = _tiny_bert()
+    model = CachedTopClassifier(bert.encoder.layer[2:], torch.nn.Linear(16, 2), masked=True)
+    body, head = model.param_groups(1e-4, 1e-2)
+    assert (body["lr"], head["lr"]) == (1e-4, 1e-2)
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.head.parameters()}
+    assert len(body["params"]) + len(head["params"]) == len(list(model.parameters()))
+    model.head.requires_grad_(False)
+    with pytest.raises(ValueError, match="trainable head"):
+        model.param_groups(1e-4, 1e-2)

@@ -98,9 +98,10 @@ def train_with_checkpoints(
     steps: int,
     checkpoints: int,
     batch_size: int,
-    lr: float,
+    lr: float | None = None,
     seed: int,
     weight_decay: float = 0.0,
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
     collate_fn: Callable | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[nn.Module, pd.DataFrame]:
@@ -116,9 +117,11 @@ def train_with_checkpoints(
         steps: The optimizer step budget; a multiple of ``checkpoints``.
         checkpoints: Validation scores along the way (evenly spaced; the last at ``steps``).
         batch_size: Examples per step.
-        lr: Learning rate.
+        lr: Learning rate of the default AdamW (give this or ``optimizer``).
         seed: Seeds batch order, dropout and the run.
-        weight_decay: AdamW weight decay.
+        weight_decay: AdamW weight decay (with ``lr`` only).
+        optimizer: ``optimizer(model) -> Optimizer``, for rates per parameter group (a new head faster
+            than the pre-trained blocks); called on the fresh model of each run.
         collate_fn: How to stack examples.
         device: Defaults to :func:`~tlutils.core.runtime.get_device`.
 
@@ -131,8 +134,14 @@ def train_with_checkpoints(
             f"steps ({steps}) must be a positive multiple of checkpoints ({checkpoints}), "
             f"e.g. steps={checkpoints * max(1, round(steps / max(checkpoints, 1)))}"
         )
+    if (lr is None) == (optimizer is None):
+        raise ValueError("give exactly one of lr= (the default AdamW) or optimizer= (a function model -> optimizer, "
+                         "e.g. lambda m: torch.optim.AdamW(m.param_groups(1e-4, 1e-2)))")
+    if optimizer is not None and weight_decay:
+        raise ValueError("with optimizer=, set the weight decay inside the optimizer's parameter groups")
     device = resolve_device(device)
     loader = budget_loader(dataset, batch_size, steps // checkpoints, seed, collate_fn)
+    settings = {"lr": lr, "weight_decay": weight_decay} if optimizer is None else {"optimizer": optimizer(model)}
 
     def validate(trained: nn.Module, run_device: torch.device) -> dict:
         started = time.perf_counter()
@@ -144,8 +153,7 @@ def train_with_checkpoints(
         loader,
         validate=validate,
         epochs=checkpoints,
-        lr=lr,
-        weight_decay=weight_decay,
+        **settings,
         monitor="val_accuracy",
         device=device,
         seed=seed,
@@ -193,10 +201,11 @@ def checkpoint_arm(
     kind: str,
     val_loader,
     *,
-    lr: float,
+    lr: float | None = None,
     batch_size: int,
     checkpoints: int = 4,
     weight_decay: float = 0.0,
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
     setup_seconds_per_example: float = 0.0,
     collate_fn: Callable | None = None,
     device: torch.device | str | None = None,
@@ -208,7 +217,7 @@ def checkpoint_arm(
         training_set: ``training_set(per_class, seed) -> Dataset``: the labelled subset of that size.
         kind: The input representation the model reads (see :class:`Fitted`).
         val_loader: The validation split in that representation.
-        lr, batch_size, checkpoints, weight_decay, collate_fn: Passed to :func:`train_with_checkpoints`;
+        lr, batch_size, checkpoints, weight_decay, optimizer, collate_fn: Passed to :func:`train_with_checkpoints`;
             the step budget comes from the trial.
         setup_seconds_per_example: Measured one-time cost per training example (feature extraction
             with a frozen body); counted in :attr:`Fitted.setup_seconds`.
@@ -231,6 +240,7 @@ def checkpoint_arm(
             lr=lr,
             seed=trial.seed,
             weight_decay=weight_decay,
+            optimizer=optimizer,
             collate_fn=collate_fn,
             device=device,
         )
