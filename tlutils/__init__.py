@@ -14,7 +14,7 @@ core/     what any transfer-learning project needs (imports nothing above it)
     own_data    your own data: an image folder per class, a CSV of texts, a folder of audio clips
     datasets    seeded splits, transforms, torch Datasets, collators, length-grouped batches
     models      every model loader (ImageNet CNNs, text encoders, SmolLM2, Whisper, GE2E, wav2vec 2.0, YOLOv3-tiny)
-    yolo        YOLOv3-tiny as an nn.Module: Darknet's letterbox, box decoding, NMS (torchvision.ops)
+    yolo        YOLOv3-tiny as an nn.Module: Darknet's letterbox, box decoding, NMS; a new-class head, YOLOv3 loss
     surgery     heads, freezing, blocks, parameter counts, layer-wise parameter groups
     train       the one training loop (fit with step functions), evaluate/predict, History, checkpoints
     distributed data-parallel training (DDP) under torchrun: process group, shards, averaged logs
