@@ -102,13 +102,11 @@ def test_bad_inputs_get_clear_errors():
         CachedTopClassifier([], torch.nn.Identity()).pooled(torch.zeros(2, 3))
 
 
-def test_param_groups_give_the_head_its_own_rate():
-    bert = _tiny_bert()
-    model = CachedTopClassifier(bert.encoder.layer[2:], torch.nn.Linear(16, 2), masked=True)
-    body, head = model.param_groups(1e-4, 1e-2)
-    assert (body["lr"], head["lr"]) == (1e-4, 1e-2)
-    assert {id(p) for p in head["params"]} == {id(p) for p in model.head.parameters()}
-    assert len(body["params"]) + len(head["params"]) == len(list(model.parameters()))
-    model.head.requires_grad_(False)
-    with pytest.raises(ValueError, match="trainable head"):
-        model.param_groups(1e-4, 1e-2)
+
+def test_layerwise_groups_give_the_head_its_own_rate():
+    from tlutils.core.surgery import layerwise_param_groups
+
+    model = CachedTopClassifier(_tiny_bert().encoder.layer[2:], torch.nn.Linear(16, 2), masked=True)
+    groups = layerwise_param_groups(model, head_lr=1e-2, block_lrs=[1e-4, 1e-4])
+    assert [(g["name"], g["lr"]) for g in groups] == [("head", 1e-2), ("blocks", 1e-4)]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

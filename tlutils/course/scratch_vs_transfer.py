@@ -544,15 +544,3 @@ class CachedTopClassifier(nn.Module):
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Cached states -> logits."""
         return self.head(self.pooled(states))
-
-    def param_groups(self, blocks_lr: float, head_lr: float) -> list[dict]:
-        """Optimizer groups: the pre-trained blocks (and final norm) at ``blocks_lr``, the new head at ``head_lr``.
-
-        A new head learns from zero and needs the rate a linear probe uses; pre-trained blocks need
-        nudging. Example: ``torch.optim.AdamW(model.param_groups(1e-4, 1e-2))``.
-        """
-        body = [p for module in (self.blocks, self.final_norm) for p in module.parameters() if p.requires_grad]
-        head = [p for p in self.head.parameters() if p.requires_grad]
-        if not head:
-            raise ValueError("the head has no trainable parameters; a fine-tuning run needs a trainable head")
-        return [{"params": body, "lr": blocks_lr}, {"params": head, "lr": head_lr}]

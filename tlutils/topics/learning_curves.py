@@ -136,7 +136,7 @@ def train_with_checkpoints(
         )
     if (lr is None) == (optimizer is None):
         raise ValueError("give exactly one of lr= (the default AdamW) or optimizer= (a function model -> optimizer, "
-                         "e.g. lambda m: torch.optim.AdamW(m.param_groups(1e-4, 1e-2)))")
+                         "e.g. lambda m: torch.optim.AdamW(layerwise_param_groups(m, head_lr=1e-2, decay=0.1)))")
     if optimizer is not None and weight_decay:
         raise ValueError("with optimizer=, set the weight decay inside the optimizer's parameter groups")
     device = resolve_device(device)
