@@ -118,6 +118,24 @@ def test_step_flops_count_depthwise_backward_and_stop_at_the_frozen_body():
         training_step_flops(depthwise.requires_grad_(False), inputs, targets)
 
 
+def test_step_flops_take_a_keyword_batch_like_a_tokenised_text_batch():
+    from torch import nn
+
+    from tlutils.topics.strategies import training_step_flops
+
+    class Keyworded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(5, 2)
+
+        def forward(self, input_ids, attention_mask):
+            return self.linear(input_ids * attention_mask)
+
+    batch = {"input_ids": torch.randn(3, 5), "attention_mask": torch.ones(3, 5)}
+    # forward + weight gradient (the inputs need none)
+    assert training_step_flops(Keyworded(), batch, torch.tensor([0, 1, 1])) == 2 * (2 * 3 * 5 * 2)
+
+
 def test_run_flops_adds_the_probe_and_the_extraction():
     from tlutils.course.strategy_table import run_flops
 

@@ -439,13 +439,15 @@ def cost_table(encoder: nn.Module, batch: dict, folder, seed: int = 0, lr: float
 
     Returns:
         A DataFrame indexed by method: trainable parameters, optimizer-state, gradient and saved-activation
-        megabytes, their total with the weights, seconds per step, checkpoint megabytes.
+        megabytes, their total with the weights, seconds per step, GFLOPs per step (counted, so independent of
+        the machine's load; the counter skips the CPU attention kernel), checkpoint megabytes.
     """
     from pathlib import Path
 
     import pandas as pd
 
     from tlutils.topics.efficient import checkpoint_bytes, optimizer_state_bytes, step_seconds, training_memory_bytes
+    from tlutils.topics.strategies import training_step_flops
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     targets, rows, mb = batch["labels"], {}, 1 / 2 ** 20
@@ -462,6 +464,7 @@ def cost_table(encoder: nn.Module, batch: dict, folder, seed: int = 0, lr: float
             "activations_MB": memory["activations"] * mb,
             "training_MB": memory["total"] * mb,
             "seconds_per_step": step_seconds(model, inputs, targets, lr=lr, repeats=repeats),
+            "GFLOP_per_step": training_step_flops(model, inputs, targets) / 1e9,
             "checkpoint_MB": checkpoint_bytes(model, Path(folder) / f"{method.replace(' ', '_')}.safetensors") * mb,
         }
     return pd.DataFrame.from_dict(rows, orient="index")

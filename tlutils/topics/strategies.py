@@ -312,7 +312,7 @@ def _flop_counter():
                            custom_mapping={torch.ops.aten.convolution_backward: _convolution_backward_flops})
 
 
-def training_step_flops(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+def training_step_flops(model: nn.Module, inputs: torch.Tensor | dict, targets: torch.Tensor) -> int:
     """Floating-point operations of one training step (forward, cross-entropy, backward).
 
     Counted by :class:`torch.utils.flop_counter.FlopCounterMode` (its convolution-backward formula
@@ -322,7 +322,7 @@ def training_step_flops(model: nn.Module, inputs: torch.Tensor, targets: torch.T
 
     Args:
         model: The network, with the parameters to train marked ``requires_grad``.
-        inputs, targets: One batch.
+        inputs, targets: One batch; ``inputs`` a tensor, or a dict of keyword arguments (a tokenised text batch).
 
     Returns:
         The FLOPs of the step (the model's gradients are cleared again afterwards).
@@ -331,7 +331,8 @@ def training_step_flops(model: nn.Module, inputs: torch.Tensor, targets: torch.T
         raise ValueError("no parameter of the model requires a gradient: mark what the step trains first")
     model.zero_grad(set_to_none=True)
     with _flop_counter() as counter:
-        nn.functional.cross_entropy(model(inputs), targets).backward()
+        logits = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        nn.functional.cross_entropy(logits, targets).backward()
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 
