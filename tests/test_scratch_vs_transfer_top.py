@@ -102,7 +102,6 @@ def test_bad_inputs_get_clear_errors():
         CachedTopClassifier([], torch.nn.Identity()).pooled(torch.zeros(2, 3))
 
 
-
 def test_layerwise_groups_give_the_head_its_own_rate():
     from tlutils.core.surgery import layerwise_param_groups
 
