@@ -68,3 +68,18 @@ def test_classic_architectures_build_offline_and_weights_fail_clearly():
         load_torchvision_classic("resnet19")
     with pytest.raises(ValueError, match="no model loader"):
         load_pretrained("mobilenet_v3")
+
+
+def test_a_text_encoder_loads_with_the_same_fingerprint_whatever_the_random_state():
+    # the converted MiniLM-L3 has no pooler weights: they must not depend on the global random state,
+    # or every feature cache keyed on the model's fingerprint would miss in the next run
+    import torch
+
+    from tlutils.core.features import model_fingerprint
+    from tlutils.core.models import load_text_encoder
+
+    fingerprints = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        fingerprints.append(model_fingerprint(load_text_encoder("minilm_l3")[1]))
+    assert fingerprints[0] == fingerprints[1]

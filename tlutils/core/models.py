@@ -114,7 +114,27 @@ def load_text_encoder(name: str = "minilm_l6"):
     from transformers import AutoModel, AutoTokenizer
 
     location = resolve(name).location
-    return AutoTokenizer.from_pretrained(location), AutoModel.from_pretrained(location).eval()
+    model, info = AutoModel.from_pretrained(location, output_loading_info=True)
+    _fix_newly_initialised(model, info.get("missing_keys", ()))
+    return AutoTokenizer.from_pretrained(location), model.eval()
+
+
+def _fix_newly_initialised(model, names) -> None:
+    """Give the weights a checkpoint lacks (e.g. an unused BERT pooler) the same values in every process.
+
+    Transformers initialises them from the global random state, which would make the model's
+    fingerprint, and so every feature cache keyed on it, differ from run to run. A private
+    generator leaves the global random state exactly as the load left it.
+    """
+    generator = torch.Generator().manual_seed(0)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name in sorted(names):
+            if name in state and state[name].is_floating_point():
+                tensor = state[name]
+                values = (torch.randn(tensor.shape, generator=generator) * 0.02 if tensor.dim() > 1
+                          else torch.zeros(tensor.shape))
+                tensor.copy_(values.to(tensor.dtype))
 
 
 def load_smollm2():
