@@ -41,7 +41,8 @@ course/   what only this course needs (may import anything)
     and the experiments of single notebooks:
     fundamentals (01), mathematics (03), strategy_table (04), medical and vision_classification (05),
     scenes (06), text_comparison (07), speech_curves (09), the five sectors of 10 (molecules, credit,
-    recommend, sim_to_real, grading), scratch_vs_transfer (11), challenges (12), work_stack (14)
+    recommend, sim_to_real, grading, student_support), scratch_vs_transfer (11), challenges (12),
+    work_stack (14)
 
 The names the notebooks use most are importable from ``tlutils`` itself, for example
 ``from tlutils import fit, set_seed``; each is the same object as in its home module.
