@@ -5,6 +5,11 @@ the tree clean. The committed notebooks/run_times.json, which the tour notebook 
 as each notebook's time budget, changes only on purpose:
 ``pytest notebooks --nbval-lax -p tests.notebook_timing --run-times=notebooks/run_times.json``
 (``make run-times``).
+
+Under pytest-xdist (``make test``) it also orders the work for the workers: the notebooks
+longest first by their committed times, so no long notebook starts last while the other
+workers sit idle; the interview hub after them (it quotes the other notebooks' saved
+results); the unit-test files, many and short, at the end where they fill the gaps.
 """
 
 import datetime
@@ -21,11 +26,32 @@ _FAILED: set[str] = set()
 
 
 DEFAULT_RECORD = "data/run_times.json"
+COMMITTED_TIMES = "notebooks/run_times.json"
+READS_OTHER_NOTEBOOKS = {"13_interview_prep.ipynb"}   # quotes the results the other notebooks save
 
 
 def pytest_addoption(parser):
     parser.addoption("--run-times", default=DEFAULT_RECORD,
                      help="file that records each notebook's wall time (default: data/run_times.json, not tracked)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, longest notebooks first (see the module docstring); a plain run keeps the numbered order.
+
+    The sort is stable and every worker computes the same order, as xdist requires.
+    """
+    if not hasattr(config, "workerinput"):
+        return
+    times_file = Path(config.rootpath) / COMMITTED_TIMES
+    seconds = json.loads(times_file.read_text())["seconds"] if times_file.is_file() else {}
+
+    def key(item):
+        path = Path(item.nodeid.split("::")[0])
+        if path.suffix != ".ipynb":
+            return (2, 0.0)
+        return (1, 0.0) if path.name in READS_OTHER_NOTEBOOKS else (0, -seconds.get(path.name, 0.0))
+
+    items.sort(key=key)
 
 
 def pytest_runtest_logreport(report):
