@@ -19,7 +19,8 @@ from tlutils.course.scenes import make_composite_scenes
 from tlutils.topics.adaptation import recalibrate_batchnorm
 from tlutils.topics.detection import build_mobilenet_faster_rcnn, predict_boxes, train_detector
 from tlutils.topics.explain import confident_mistakes, grad_cam, most_confused_pairs, pointing_chance, pointing_game
-from tlutils.topics.segmentation import MobileNetV2UNet, build_mobilenet_unet, dice_bce_loss, predict_masks
+from tlutils.topics.segmentation import (MobileNetV2UNet, build_mobilenet_unet, dice_bce_loss, predict_masks,
+                                         train_segmenter)
 
 CPU = torch.device("cpu")
 
@@ -289,6 +290,20 @@ def test_unet_learns_a_mask():
     predicted = predict_masks(unet, images, CPU)
     assert predicted.shape == (4, 32, 32) and predicted.dtype == bool
     assert show_masks(np.zeros((2, 32, 32, 3), np.uint8), masks[:2, 0].numpy(), {"model": predicted[:2]}).axes
+
+
+def test_train_segmenter_is_seeded_and_scored():
+    images = torch.randn(4, 3, 32, 32) * 0.1
+    masks = torch.zeros(4, 1, 32, 32)
+    masks[:, :, 8:24, 8:24] = 1
+    images[:, 0] += masks[:, 0] * 2
+    test_masks = masks[:, 0].numpy().astype(bool)
+    recipe = dict(epochs=1, lr=3e-3, batch_size=2, device=CPU)
+    first, again = (train_segmenter(False, images, masks, images, test_masks, seed=3, **recipe) for _ in range(2))
+    assert first["iou"] == again["iou"] == mask_iou(first["masks"], test_masks)   # the same seed, the same run
+    assert first["history"].steps == 2 and first["masks"].shape == (4, 32, 32)
+    with pytest.raises(ValueError, match="N x 1 x H x W"):
+        train_segmenter(False, images, masks[:, 0], images, test_masks, seed=0, **recipe)
 
 
 def test_mask_iou_and_loss():

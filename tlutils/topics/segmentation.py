@@ -9,6 +9,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tlutils.core.features import feature_loader
+from tlutils.core.metrics import mask_iou
+from tlutils.core.runtime import seeded
+from tlutils.core.train import fit
+
 #: MobileNetV2 ``features`` indices whose outputs feed the U-Net decoder
 #: (strides 2, 4, 8, 16 and 32) and their channel counts.
 UNET_SKIPS = (1, 3, 6, 13, 18)
@@ -122,3 +127,36 @@ def predict_masks(model: nn.Module, images: torch.Tensor, device: torch.device |
     masks = [model(images[i:i + batch_size].to(device)).sigmoid()[:, 0].cpu() > threshold
              for i in range(0, len(images), batch_size)]
     return torch.cat(masks).numpy()
+
+
+def train_segmenter(pretrained: bool, train_images: torch.Tensor, train_masks: torch.Tensor,
+                    test_images: torch.Tensor, test_masks: np.ndarray, *, epochs: int, lr: float, batch_size: int,
+                    seed: int, device: torch.device | None = None, progress: bool = False) -> dict:
+    """Train one U-Net (:func:`build_mobilenet_unet`) with :func:`dice_bce_loss` and score it on test masks.
+
+    The seed sets the decoder's (and a random encoder's) initial weights and the batch order, so
+    the pre-trained and the random encoder at one seed differ only in the encoder's start.
+
+    Args:
+        pretrained: ImageNet encoder (``True``) or random (``False``).
+        train_images, train_masks: ``N x 3 x H x W`` normalised images and ``N x 1 x H x W`` float masks.
+        test_images, test_masks: The test images and their ``N x H x W`` boolean masks.
+        epochs, lr, batch_size: The recipe, the same for both encoders.
+        seed: The run's seed.
+        device: Where to train.
+        progress: Show the training progress bar.
+
+    Returns:
+        ``{"model", "history", "masks", "iou"}``: the trained model, its History, the predicted test
+        masks and their pooled IoU with the true ones.
+    """
+    if train_masks.shape[0] != train_images.shape[0] or train_masks.dim() != 4 or train_masks.shape[1] != 1:
+        raise ValueError(f"expected N x 1 x H x W training masks for the {train_images.shape[0]} images, "
+                         f"got {tuple(train_masks.shape)}")
+    with seeded(seed):
+        model = build_mobilenet_unet(num_classes=1, pretrained=pretrained)
+    loader = feature_loader(train_images, train_masks, batch_size, shuffle=True, seed=seed)
+    history = fit(model, loader, epochs=epochs, lr=lr, loss_fn=dice_bce_loss, metrics=(), device=device, seed=seed,
+                  progress=progress)
+    masks = predict_masks(model, test_images, device)
+    return {"model": model, "history": history, "masks": masks, "iou": mask_iou(masks, test_masks)}
